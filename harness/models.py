@@ -1,0 +1,113 @@
+"""Loading base models and tokenizers: family detection, task head, device and dtype."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+DECODER, ENCODER, SEQ2SEQ = "decoder", "encoder", "seq2seq"
+HEADS = {
+    "causal_lm": AutoModelForCausalLM,
+    "sequence_classification": AutoModelForSequenceClassification,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "cpu" or "cuda"
+    dtype: str  # compute dtype: "float32", "bfloat16" or "float16"
+
+
+def place(device: str = "auto", dtype: str = "auto") -> Placement:
+    """Resolve 'auto' from the hardware: CUDA + bf16 (fp16 on GPUs without bf16), else CPU fp32."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("training.device is 'cuda' but torch sees no CUDA device")
+    if dtype == "auto":
+        if device == "cuda":
+            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        else:
+            dtype = "float32"
+    if device == "cpu" and dtype == "float16":
+        raise RuntimeError("training.dtype float16 needs CUDA; use bfloat16 or float32 on the CPU")
+    return Placement(device, dtype)
+
+
+def family(path: str, trust_remote_code: bool = False) -> str:
+    """decoder, encoder or seq2seq, from the model's config."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return family_of_config(config)
+
+
+def family_of_config(config) -> str:
+    if getattr(config, "is_encoder_decoder", False):
+        return SEQ2SEQ
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return DECODER
+    if getattr(config, "is_decoder", False):
+        return DECODER
+    return ENCODER
+
+
+def load_tokenizer(path: str, fam: str):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if fam == DECODER:
+        # Left padding keeps every sequence's last token at position -1 (scoring and generation).
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer=None):
+    """The pretrained model with the task's head, in float32 (mixed precision is autocast)."""
+    kwargs = {"dtype": torch.float32}
+    if head == "sequence_classification":
+        kwargs["num_labels"] = num_labels
+    model = HEADS[head].from_pretrained(path, **kwargs)
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+# --------------------------------------------------------------------------- GGUF -> checkpoint
+
+def convert_gguf_entry(entry: Path) -> None:
+    """Asset build step: entry/gguf/*.gguf -> entry/model (a normal float32 checkpoint)."""
+    ggufs = sorted((entry / "gguf").glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise RuntimeError(f"expected one .gguf file under {entry / 'gguf'}, found {len(ggufs)}")
+    convert_gguf(ggufs[0], entry / "model")
+    shutil.rmtree(entry / "gguf")
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF model into a checkpoint transformers can save and reload quickly.
+
+    A GGUF-loaded model refuses save_pretrained ("quantized with gguf"), so the weights are
+    copied into a clean model built from the same config.
+    """
+    folder, name = str(gguf_file.parent), gguf_file.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    clean.load_state_dict(loaded.state_dict(), strict=True)
+    clean.tie_weights()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,72 @@
+"""RunRecord: everything one run produced, as plain JSON. The store can be rebuilt from these."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECORD_FILE = "record.json"
+STATES = ("pending", "running", "done", "failed", "interrupted")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    matrix: str
+    sweep: str
+    model: str
+    method: str
+    task: str
+    seed: int
+    config: dict[str, Any]
+    status: str = "pending"
+    primary_metric: str | None = None
+    error: str | None = None
+    traceback: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    host: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # kind, name, split, value, stderr
+    curves: list[dict[str, Any]] = field(default_factory=list)  # step, epoch, loss, eval_loss, lr
+    samples: list[dict[str, Any]] = field(default_factory=list)  # idx, input, reference, prediction
+
+    def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
+        self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})
+
+    def metric(self, name: str, split: str | None = None, kind: str | None = None) -> float | None:
+        for m in self.metrics:
+            if m["name"] == name and m["split"] == split and kind in (None, m["kind"]):
+                return m["value"]
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
+        return cls(**data)
+
+
+def write_atomic(record: RunRecord, run_dir: Path) -> Path:
+    """Write run_dir/record.json so that a reader sees the old file or the new one, never half."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / RECORD_FILE
+    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".json", dir=run_dir)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record.to_dict(), fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read(path: Path) -> RunRecord:
+    return RunRecord.from_dict(json.loads(Path(path).read_text()))

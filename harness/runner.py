@@ -1,0 +1,137 @@
+"""Execute one run spec: resolve assets, load, apply the method, train, score -> RunRecord.
+
+Any exception inside a run becomes a `failed` record with its error and traceback; the caller
+(the sweep) stores it and goes on.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import gc
+import platform
+import shutil
+import socket
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+
+from harness import assets, methods, tasks
+from harness.matrix import RunSpec
+from harness.records import RunRecord
+
+VERSIONED = ("harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
+             "bitsandbytes", "lm_eval")
+SCORED_SPLITS = ("validation", "test")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def new_record(spec: RunSpec, sweep: str, status: str = "pending") -> RunRecord:
+    return RunRecord(
+        run_id=spec.run_id, matrix=spec.matrix, sweep=sweep, model=spec.model, method=spec.method,
+        task=spec.task, seed=spec.seed, config=spec.to_dict(), status=status,
+        primary_metric=tasks.REGISTRY[spec.task].PRIMARY_METRIC,
+        host=socket.gethostname(), versions=versions(),
+    )
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) -> RunRecord:
+    record = new_record(spec, sweep, status="running")
+    record.started_at = now()
+    try:
+        _run(spec, record, run_dir, progress)
+        record.status = "done"
+    except Exception as err:  # one run's failure must not stop the sweep
+        record.status = "failed"
+        record.error = f"{type(err).__name__}: {err}"
+        record.traceback = traceback.format_exc()
+    finally:
+        record.finished_at = now()
+        gc.collect()
+    return record
+
+
+def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> None:
+    import torch
+    from transformers import set_seed
+
+    from harness import models
+    from harness.methods.common import count_parameters
+    from harness.train import peak_memory, train
+
+    task = tasks.REGISTRY[spec.task]
+    method = methods.REGISTRY[spec.method]
+    training = spec.training
+    placement = models.place(training["device"], training["dtype"])
+    record.config["placement"] = {"device": placement.device, "dtype": placement.dtype,
+                                  "torch_threads": torch.get_num_threads()}
+    set_seed(spec.seed)
+
+    model_path = assets.resolve(spec.model, "model", Path(spec.base_dir))
+    family = models.family(model_path)
+    head = task.head_for(family)
+    tokenizer = models.load_tokenizer(model_path, family)
+    form = task.formulation(head, tokenizer, spec.task_options, training)
+    splits = task.load_splits(spec.task_options, spec.base_dir)
+    model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
+    model = method.apply(model, spec.method_options, family, head)
+    trainable, total = count_parameters(model)
+    record.add_metric("efficiency", "trainable_params", trainable)
+    record.add_metric("efficiency", "total_params", total)
+    record.add_metric("efficiency", "trainable_pct", 100.0 * trainable / total)
+
+    autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
+    with peak_memory(placement.device) as peak:
+        if method.TRAINS:
+            result = train(model, form, splits["train"], splits["validation"], lr=spec.method_options["lr"],
+                           training=training, placement=placement, seed=spec.seed,
+                           work_dir=run_dir / "trainer", progress=progress)
+            _record_training(record, result)
+            _save_artifact(method, model, run_dir / "artifact", training["keep_artifact"], record)
+        else:
+            model.to(placement.device)
+            record.add_metric("efficiency", "artifact_mb", 0.0)
+        start = time.perf_counter()
+        for split in SCORED_SPLITS:
+            scores, predictions = task.score(form, model, splits[split], training["eval_batch_size"],
+                                             placement.device, autocast)
+            for name, (value, stderr) in scores.items():
+                record.add_metric("task", name, value, split=split, stderr=stderr)
+            if split == "test":
+                record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
+        record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
+    record.add_metric("efficiency", "peak_memory_mb", peak.mb)
+    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+
+
+def _record_training(record: RunRecord, result) -> None:
+    record.curves = result.curve
+    record.add_metric("efficiency", "train_time_s", result.wall_time_s)
+    record.add_metric("efficiency", "train_steps", result.steps)
+    record.add_metric("efficiency", "train_tokens", result.tokens)
+    record.add_metric("efficiency", "train_tokens_per_s", result.tokens / max(result.wall_time_s, 1e-9))
+    final = [p["loss"] for p in result.curve if p["loss"] is not None]
+    if final and final[-1] != final[-1]:  # NaN
+        raise FloatingPointError("training loss is NaN (diverged)")
+
+
+def _save_artifact(method, model, path: Path, keep: bool, record: RunRecord) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    method.save(model, path)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    record.add_metric("efficiency", "artifact_mb", size / 2**20)
+    if not keep:
+        shutil.rmtree(path)

@@ -1,0 +1,251 @@
+"""The DuckDB store: schema, record ingest, leaderboard queries, CSV export.
+
+The only module that knows SQL. Writers hold the database file only for one short transaction
+at a time (DuckDB lets a single process open a file read-write), so the dashboard and
+`harness status` can read between a sweep's writes; both sides retry while the other holds it.
+Long format (one row per metric) so new metrics need no migration.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Iterable
+
+import duckdb
+import pandas as pd
+
+from harness.records import RunRecord
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path("results") / "harness.duckdb"
+LOCK_WAIT_S = 30.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, sweep VARCHAR, matrix VARCHAR, model VARCHAR, method VARCHAR,
+    task VARCHAR, seed INTEGER, config JSON, status VARCHAR, primary_metric VARCHAR,
+    error VARCHAR, traceback VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    host VARCHAR, versions JSON);
+CREATE TABLE IF NOT EXISTS matrix_runs (matrix VARCHAR, run_id VARCHAR, PRIMARY KEY (matrix, run_id));
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR, kind VARCHAR, name VARCHAR, split VARCHAR, value DOUBLE, stderr DOUBLE);
+CREATE TABLE IF NOT EXISTS curves (
+    run_id VARCHAR, step INTEGER, epoch DOUBLE, loss DOUBLE, eval_loss DOUBLE, lr DOUBLE);
+CREATE TABLE IF NOT EXISTS samples (
+    run_id VARCHAR, idx INTEGER, input VARCHAR, reference VARCHAR, prediction VARCHAR);
+CREATE TABLE IF NOT EXISTS probe_baselines (
+    model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
+    PRIMARY KEY (model, probe, config_hash));
+"""
+
+RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
+               "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
+
+# Efficiency columns of a leaderboard, in display order.
+EFFICIENCY = ("trainable_params", "total_params", "trainable_pct", "train_time_s", "train_tokens_per_s",
+              "peak_memory_mb", "artifact_mb")
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class Store:
+    def __init__(self, path: str | Path = DEFAULT_DB):
+        self.path = Path(path)
+
+    # ----------------------------------------------------------------- connections
+
+    @contextlib.contextmanager
+    def _connect(self, read_only: bool = False):
+        if read_only and not self.path.exists():
+            raise StoreError(f"no store at {self.path}: run `harness sweep MATRIX` first")
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = self._open(read_only)
+        try:
+            if read_only:
+                self._check_version(con)
+            else:
+                self._ensure_schema(con)
+            yield con
+        finally:
+            con.close()
+
+    def _open(self, read_only: bool):
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"{self.path} is busy (another process holds it): {err}") from err
+                time.sleep(0.1)
+
+    def _ensure_schema(self, con) -> None:
+        con.execute(SCHEMA)
+        found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if found is None:
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+        elif int(found[0]) > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} was written by a newer harness (schema {found[0]} > {SCHEMA_VERSION})")
+
+    def _check_version(self, con) -> None:
+        try:
+            found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.CatalogException:
+            found = None
+        if found is None or int(found[0]) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema {found[0] if found else 'unknown'}, this harness reads "
+                f"{SCHEMA_VERSION}: rebuild it with `harness ingest results/runs --db {self.path}`"
+            )
+
+    # ----------------------------------------------------------------- writes
+
+    def write_record(self, record: RunRecord) -> None:
+        """Upsert a run and replace its rows, in one transaction: a run is `done` in the store
+        only once all its metrics, curves and samples are in."""
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table in ("metrics", "curves", "samples"):
+                    con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
+                self._upsert_run(con, record)
+                _insert(con, "metrics", [
+                    [record.run_id, m["kind"], m["name"], m["split"], _finite(m["value"]), _finite(m["stderr"])]
+                    for m in record.metrics])
+                _insert(con, "curves", [
+                    [record.run_id, c["step"], c["epoch"], _finite(c["loss"]), _finite(c["eval_loss"]), c["lr"]]
+                    for c in record.curves])
+                _insert(con, "samples", [
+                    [record.run_id, s["idx"], s["input"], s["reference"], s["prediction"]] for s in record.samples])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _upsert_run(self, con, record: RunRecord) -> None:
+        row = record.to_dict()
+        row["config"] = json.dumps(row["config"], default=str)
+        row["versions"] = json.dumps(row["versions"])
+        placeholders = ", ".join("?" for _ in RUN_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("run_id", "matrix", "sweep"))
+        con.execute(
+            f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (run_id) DO UPDATE SET {updates}",
+            [row[c] for c in RUN_COLUMNS],
+        )
+        con.execute("INSERT OR IGNORE INTO matrix_runs VALUES (?, ?)", [record.matrix, record.run_id])
+
+    def link_runs(self, matrix: str, run_ids: list[str]) -> None:
+        """Make runs already done elsewhere part of `matrix` (the same cell is the same run)."""
+        with self._connect() as con:
+            _insert(con, "matrix_runs", [[matrix, r] for r in run_ids], verb="INSERT OR IGNORE")
+
+    # ----------------------------------------------------------------- reads
+
+    def query(self, sql: str, params: Iterable = ()) -> pd.DataFrame:
+        with self._connect(read_only=True) as con:
+            return con.execute(sql, list(params)).df()
+
+    def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(run_ids)
+        if not self.path.exists() or not ids:
+            return {}
+        df = self.query("SELECT run_id, status FROM runs WHERE list_contains(?, run_id)", [ids])
+        return dict(zip(df["run_id"], df["status"]))
+
+    def runs(self, matrix: str | None = None) -> pd.DataFrame:
+        """One row per run (of `matrix`, or all), newest first."""
+        return self.query(
+            "SELECT r.run_id, r.model, r.method, r.task, r.seed, r.status, r.error, r.started_at, "
+            "r.finished_at, r.matrix AS first_matrix FROM runs r "
+            "WHERE ? IS NULL OR r.run_id IN (SELECT run_id FROM matrix_runs WHERE matrix = ?) "
+            "ORDER BY r.started_at DESC NULLS LAST, r.run_id",
+            [matrix, matrix],
+        )
+
+    def matrices(self) -> list[str]:
+        return self.query("SELECT DISTINCT matrix FROM matrix_runs ORDER BY matrix")["matrix"].tolist()
+
+    def tasks(self, matrix: str) -> list[str]:
+        df = self.query(
+            "SELECT DISTINCT r.task FROM runs r JOIN matrix_runs m USING (run_id) WHERE m.matrix = ? ORDER BY r.task",
+            [matrix],
+        )
+        return df["task"].tolist()
+
+    def run_metrics(self, matrix: str | None = None, task: str | None = None, status: str | None = "done") -> pd.DataFrame:
+        """Long table: one row per (run, metric), with the run's axes and status."""
+        return self.query(
+            "SELECT r.run_id, r.model, r.method, r.task, r.seed, r.status, r.primary_metric, r.error, "
+            "m.kind, m.name, m.split, m.value, m.stderr "
+            "FROM runs r LEFT JOIN metrics m USING (run_id) "
+            "WHERE (? IS NULL OR r.run_id IN (SELECT run_id FROM matrix_runs WHERE matrix = ?)) "
+            "AND (? IS NULL OR r.task = ?) AND (? IS NULL OR r.status = ?) "
+            "ORDER BY r.model, r.method, r.seed, m.kind, m.name, m.split",
+            [matrix, matrix, task, task, status, status],
+        )
+
+    def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
+        """One row per model x method over the matrix's done runs of `task`: task metrics on the
+        test split (mean and std over seeds, n), the primary metric on validation, and costs."""
+        long = self.run_metrics(matrix, task)
+        if long.empty:
+            return pd.DataFrame()
+        primary = long["primary_metric"].dropna().iloc[0]
+        long["column"] = [
+            name if kind == "efficiency" else f"{split}_{name}"
+            for kind, name, split in zip(long["kind"], long["name"], long["split"])
+        ]
+        wide = long.pivot_table(index=["model", "method", "seed", "run_id"], columns="column",
+                                values="value", aggfunc="first").reset_index()
+        test_cols = [c for c in wide.columns if isinstance(c, str) and c.startswith("test_")]
+        ordered = [f"test_{primary}"] + sorted(c for c in test_cols if c != f"test_{primary}")
+        value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
+        value_cols += [c for c in EFFICIENCY if c in wide]
+        grouped = wide.groupby(["model", "method"], sort=False)
+        board = grouped.size().rename("n_seeds").to_frame()
+        for col in value_cols:
+            board[col] = grouped[col].mean()
+            if col in ordered:
+                board[f"{col}_std"] = grouped[col].std(ddof=1)
+        board = board.reset_index().sort_values(f"test_{primary}", ascending=False, kind="stable")
+        return board.reset_index(drop=True)
+
+    def curves(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM curves WHERE run_id = ? ORDER BY step", [run_id])
+
+    def samples(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", [run_id])
+
+    def export(self, out_dir: Path, matrix: str | None = None) -> list[Path]:
+        """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), and runs.csv (long)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written = []
+        for m in [matrix] if matrix else self.matrices():
+            for task in self.tasks(m):
+                board = self.leaderboard(m, task)
+                path = out_dir / f"{m}_{task}.csv"
+                board.to_csv(path, index=False)
+                written.append(path)
+        runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
+        self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
+        return written + [runs_path]
+
+
+def _insert(con, table: str, rows: list[list], verb: str = "INSERT") -> None:
+    if rows:
+        con.executemany(f"{verb} INTO {table} VALUES ({', '.join('?' for _ in rows[0])})", rows)
+
+
+def _finite(value):
+    """NaN/inf cannot be compared or averaged meaningfully: store them as NULL."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return float(value)

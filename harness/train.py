@@ -1,0 +1,188 @@
+"""Training through transformers' Trainer, with the measurements every run records:
+loss curve, wall time, tokens/s and peak memory."""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from harness.models import Placement
+
+
+@dataclass
+class TrainResult:
+    curve: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+    peak_memory_mb: float = 0.0
+
+
+class _ProgressBar(TrainerCallback):
+    """One tqdm bar per run with the latest loss (instead of a printed dict per step)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.max_steps, desc="  train", unit="step", leave=False, dynamic_ncols=True)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+class _CurveRecorder(TrainerCallback):
+    def __init__(self):
+        self.points: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" in logs:
+            self.points.append({"step": state.global_step, "epoch": logs.get("epoch", state.epoch),
+                                "loss": logs["loss"], "eval_loss": None, "lr": logs.get("learning_rate")})
+        if "eval_loss" in logs:
+            self.points.append({"step": state.global_step, "epoch": logs.get("epoch", state.epoch),
+                                "loss": None, "eval_loss": logs["eval_loss"], "lr": None})
+
+
+def train(model, form, train_examples, val_examples, *, lr: float, training: dict, placement: Placement,
+          seed: int, work_dir: Path, progress: bool = True) -> TrainResult:
+    """Train `model` in place on the task formulation's encoded examples."""
+    args = _training_arguments(lr, training, placement, seed, work_dir, progress)
+    recorder = _CurveRecorder()
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=form.encode(train_examples),
+        eval_dataset=form.encode(val_examples) if training["eval_steps"] else None,
+        data_collator=form.collator(),
+        compute_loss_func=form.compute_loss_func,
+        callbacks=[recorder],
+    )
+    # The Trainer prints every log dict (we log every step for the curves): show a bar instead.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(_ProgressBar())
+    with peak_memory(placement.device) as peak:
+        start = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - start
+    return TrainResult(
+        curve=recorder.points,
+        wall_time_s=wall,
+        steps=output.global_step,
+        tokens=trainer.state.num_input_tokens_seen,
+        peak_memory_mb=peak.mb,
+    )
+
+
+def _training_arguments(lr, training, placement, seed, work_dir, progress) -> TrainingArguments:
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        learning_rate=lr,
+        num_train_epochs=training["epochs"],
+        max_steps=training["max_steps"] or -1,
+        per_device_train_batch_size=training["batch_size"],
+        per_device_eval_batch_size=training["eval_batch_size"],
+        gradient_accumulation_steps=training["gradient_accumulation_steps"],
+        weight_decay=training["weight_decay"],
+        warmup_steps=training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
+        lr_scheduler_type=training["lr_scheduler"],
+        eval_strategy="steps" if training["eval_steps"] else "no",
+        eval_steps=training["eval_steps"],
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=placement.device == "cpu",
+        bf16=placement.dtype == "bfloat16",
+        fp16=placement.dtype == "float16",
+        remove_unused_columns=False,
+        dataloader_pin_memory=placement.device == "cuda",
+        disable_tqdm=True,
+    )
+
+
+# --------------------------------------------------------------------------- memory
+
+class _Peak:
+    mb: float = 0.0
+
+
+@contextlib.contextmanager
+def peak_memory(device: str):
+    """Peak memory inside the block: CUDA max_memory_allocated, else the process's peak RSS
+    (Linux VmHWM, reset on entry through /proc/self/clear_refs; sampled where that fails)."""
+    peak = _Peak()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        yield peak
+        peak.mb = torch.cuda.max_memory_allocated() / 2**20
+        return
+    if _reset_rss_peak():
+        yield peak
+        peak.mb = _read_vm_hwm_kb() / 1024
+        return
+    with _RssSampler() as sampler:
+        yield peak
+    peak.mb = sampler.peak_bytes / 2**20
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _read_vm_hwm_kb() > 0
+    except OSError:
+        return False
+
+
+def _read_vm_hwm_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class _RssSampler:
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self.process = psutil.Process(os.getpid())
+        self.interval = interval
+        self.peak_bytes = self.process.memory_info().rss
+        self._stop = threading.Event()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            self.peak_bytes = max(self.peak_bytes, self.process.memory_info().rss)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self.process.memory_info().rss)
