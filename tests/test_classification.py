@@ -1,0 +1,107 @@
+"""The sentiment task: group splits, label handling, and the decoder verbalizer's loss and
+left-padded scoring."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import models
+from harness.matrix import TrainingConfig
+from harness.tasks import classification as task
+
+TRAINING = TrainingConfig().model_dump()
+
+
+def options(dataset, **kw):
+    return task.Options(dataset=str(dataset), group_column="movie", **kw).model_dump()
+
+
+def test_group_split_is_disjoint_deterministic_and_sized(tiny_dataset):
+    import pandas as pd
+
+    opts = options(tiny_dataset, train_size=100, val_size=20, test_size=40)
+    splits = task.load_splits(opts)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 100, "validation": 20, "test": 40}
+    assert task.load_splits(opts) == splits
+    frame = pd.read_csv(tiny_dataset)
+    movie_of = dict(zip(frame["text"], frame["movie"]))
+    movies = {s: {movie_of[e["text"]] for e in rows} for s, rows in splits.items()}
+    assert not movies["train"] & movies["test"] and not movies["train"] & movies["validation"]
+    assert not movies["validation"] & movies["test"]
+    other = task.load_splits({**opts, "split_seed": 1})
+    assert other["test"] != splits["test"]
+
+
+def test_asking_for_more_than_a_split_has_is_a_clear_error(tiny_dataset):
+    with pytest.raises(ValueError, match="test needs 5000 examples but the test split of .* has"):
+        task.load_splits(options(tiny_dataset, train_size=10, val_size=5, test_size=5000))
+
+
+def test_string_labels_and_missing_columns(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join('{"review": "x%d", "sentiment": "%s"}' % (i, "Positive" if i % 2 else "negative")
+                              for i in range(60)))
+    opts = task.Options(dataset=str(path), text_column="review", label_column="sentiment",
+                        train_size=10, val_size=2, test_size=2).model_dump()
+    splits = task.load_splits(opts)
+    assert {e["label"] for e in splits["train"]} <= {0, 1}
+    assert all(e["label"] == int(e["text"][1:]) % 2 for s in splits.values() for e in s)
+    with pytest.raises(ValueError, match="no column 'text'"):
+        task.load_splits({**opts, "text_column": "text"})
+
+
+def decoder_form(tiny_models):
+    path = str(tiny_models["decoder"])
+    tokenizer = models.load_tokenizer(path, "decoder")
+    model = models.load_model(path, "causal_lm", tokenizer=tokenizer).eval()
+    form = task.formulation("causal_lm", tokenizer, task.Options().model_dump(), TRAINING)
+    return tokenizer, model, form
+
+
+def test_verbalizer_loss_is_lm_cross_entropy_on_the_label_token(tiny_models):
+    tokenizer, model, form = decoder_form(tiny_models)
+    example = {"text": "great fun film", "label": 1}
+    batch = form.collator()(form.encode([example]))
+    outputs = model(**{k: v for k, v in batch.items() if k != "labels"})
+    loss = form.compute_loss_func(outputs, batch["labels"])
+    ids = tokenizer("Review: great fun film\nSentiment:")["input_ids"]
+    full_logits = model(torch.tensor([ids])).logits[0, -1]
+    expected = torch.nn.functional.cross_entropy(full_logits[None], torch.tensor([form.label_token_ids[1]]))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert form.label_token_ids == [tokenizer.convert_tokens_to_ids("negative"), tokenizer.convert_tokens_to_ids("positive")]
+
+
+def test_left_padding_does_not_change_a_prediction(tiny_models):
+    _, model, form = decoder_form(tiny_models)
+    short = {"text": "dull", "label": 0}
+    long = {"text": "the movie was very quite really boring and tedious with a bland plot", "label": 0}
+    alone, _ = form.logits_and_loss(model, form.collator()(form.encode([short])))
+    batched, _ = form.logits_and_loss(model, form.collator()(form.encode([long, short])))
+    assert torch.allclose(alone[0], batched[1], atol=1e-5)
+
+
+def test_score_reports_accuracy_f1_loss(tiny_models, tiny_dataset):
+    _, model, form = decoder_form(tiny_models)
+    examples = task.load_splits(options(tiny_dataset, train_size=10, val_size=5, test_size=30))["test"]
+    scores, predictions = task.score(form, model, examples, 8, "cpu")
+    accuracy = sum(p == e["label"] for p, e in zip(predictions, examples)) / len(examples)
+    assert scores["accuracy"][0] == pytest.approx(accuracy)
+    assert scores["accuracy"][1] == pytest.approx((accuracy * (1 - accuracy) / 30) ** 0.5)
+    assert 0 <= scores["f1_macro"][0] <= 1 and scores["loss"][0] > 0
+
+
+def test_label_names_must_start_with_distinct_tokens(tiny_models):
+    tokenizer = models.load_tokenizer(str(tiny_models["decoder"]), "decoder")
+    opts = task.Options(label_names=["positive", "positive"]).model_dump()
+    with pytest.raises(ValueError, match="do not start with distinct tokens"):
+        task.formulation("causal_lm", tokenizer, opts, TRAINING)
+
+
+def test_metric_modules_agree_with_sklearn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from harness import metrics
+
+    preds, refs = [0, 1, 1, 0, 1, 1, 0], [0, 1, 0, 0, 1, 0, 1]
+    assert metrics.compute("accuracy", preds, refs)["accuracy"] == accuracy_score(refs, preds)
+    assert metrics.compute("f1", preds, refs, average="macro")["f1"] == pytest.approx(f1_score(refs, preds, average="macro"))

@@ -1,0 +1,140 @@
+"""The DuckDB store: record round trip, upsert, leaderboard aggregation, export, ingest."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pandas as pd
+import pytest
+
+from harness import cli, records
+from harness.records import RunRecord
+from harness.store import Store, StoreError
+
+
+def make_record(run_id, model="m1", method="lora", seed=0, acc=0.8, status="done", matrix="mx") -> RunRecord:
+    rec = RunRecord(run_id=run_id, matrix=matrix, sweep="s1", model=model, method=method, task="sentiment",
+                    seed=seed, config={"lr": 1e-3, "nested": {"a": [1, 2]}}, status=status,
+                    primary_metric="accuracy", started_at="2026-11-21T10:00:00", finished_at="2026-11-21T10:01:00",
+                    host="h", versions={"torch": "2.13.0"})
+    if status == "done":
+        rec.add_metric("task", "accuracy", acc, split="test", stderr=0.02)
+        rec.add_metric("task", "f1_macro", acc - 0.1, split="test")
+        rec.add_metric("task", "accuracy", acc - 0.05, split="validation")
+        rec.add_metric("efficiency", "trainable_params", 100)
+        rec.add_metric("efficiency", "total_params", 1000)
+        rec.add_metric("efficiency", "trainable_pct", 10.0)
+        rec.add_metric("efficiency", "train_time_s", 5.0 + seed)
+        rec.curves = [{"step": s, "epoch": s / 4, "loss": 1.0 / s, "eval_loss": None, "lr": 1e-3} for s in (1, 2, 3, 4)]
+        rec.samples = [{"idx": 0, "input": "good film", "reference": "positive", "prediction": "positive"}]
+    else:
+        rec.error = "RuntimeError: boom"
+    return rec
+
+
+def test_round_trip(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("r1"))
+    runs = store.runs()
+    assert runs.loc[0, "run_id"] == "r1" and runs.loc[0, "status"] == "done"
+    long = store.run_metrics("mx", "sentiment")
+    got = {(r.kind, r.name, r.split if isinstance(r.split, str) else None): (r.value, r.stderr)
+           for r in long.itertuples()}
+    assert got[("task", "accuracy", "test")] == (0.8, 0.02)
+    assert got[("efficiency", "trainable_params", None)][0] == 100
+    assert store.curves("r1")["loss"].tolist() == [1.0, 0.5, 1 / 3, 0.25]
+    assert store.samples("r1")["prediction"].tolist() == ["positive"]
+    config = store.query("SELECT config FROM runs WHERE run_id = ?", ["r1"]).loc[0, "config"]
+    assert json.loads(config) == {"lr": 1e-3, "nested": {"a": [1, 2]}}
+
+
+def test_rewrite_replaces_rows_not_appends(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("r1", status="running"))
+    assert store.statuses(["r1"]) == {"r1": "running"}
+    store.write_record(make_record("r1", acc=0.7))
+    store.write_record(make_record("r1", acc=0.9))
+    assert store.statuses(["r1", "absent"]) == {"r1": "done"}
+    long = store.run_metrics()
+    assert len(long[(long.name == "accuracy") & (long.split == "test")]) == 1
+    assert len(store.curves("r1")) == 4
+
+
+def test_leaderboard_aggregates_seeds_and_ranks(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("a0", method="lora", seed=0, acc=0.80))
+    store.write_record(make_record("a1", method="lora", seed=1, acc=0.90))
+    store.write_record(make_record("b0", method="base", seed=0, acc=0.60))
+    store.write_record(make_record("f0", method="full", seed=0, status="failed"))
+    board = store.leaderboard("mx", "sentiment")
+    assert board["method"].tolist() == ["lora", "base"]
+    lora = board.iloc[0]
+    assert lora["n_seeds"] == 2
+    assert lora["test_accuracy"] == pytest.approx(0.85)
+    assert lora["test_accuracy_std"] == pytest.approx(pd.Series([0.8, 0.9]).std())
+    assert lora["validation_accuracy"] == pytest.approx(0.80)
+    assert lora["train_time_s"] == pytest.approx(5.5)
+    assert list(board.columns[:4]) == ["model", "method", "n_seeds", "test_accuracy"]
+
+
+def test_runs_done_elsewhere_join_a_matrix(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("a0", matrix="first"))
+    assert store.leaderboard("second", "sentiment").empty
+    store.link_runs("second", ["a0"])
+    assert store.leaderboard("second", "sentiment")["method"].tolist() == ["lora"]
+    assert store.matrices() == ["first", "second"]
+
+
+def test_export_writes_leaderboard_and_long_runs(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("a0", acc=0.8))
+    store.write_record(make_record("f0", method="full", status="failed"))
+    paths = store.export(tmp_path / "boards")
+    assert [p.name for p in paths] == ["mx_sentiment.csv", "runs.csv"]
+    rows = list(csv.DictReader(open(paths[0])))
+    assert len(rows) == 1 and float(rows[0]["test_accuracy"]) == 0.8 and rows[0]["trainable_pct"] == "10.0"
+    long = list(csv.DictReader(open(paths[1])))
+    assert {r["status"] for r in long} == {"done", "failed"}
+    assert any(r["error"] == "RuntimeError: boom" for r in long)
+
+
+def test_ingest_rebuilds_the_store_from_records(tmp_path):
+    for rec in (make_record("a0"), make_record("b0", method="base", acc=0.6)):
+        records.write_atomic(rec, tmp_path / "runs" / rec.run_id)
+    assert cli.main(["ingest", "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
+    board = Store(tmp_path / "rebuilt.duckdb").leaderboard("mx", "sentiment")
+    assert board["test_accuracy"].tolist() == [0.8, 0.6]
+
+
+def test_atomic_record_write_leaves_no_temp_files(tmp_path):
+    rec = make_record("a0")
+    path = records.write_atomic(rec, tmp_path / "run")
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["record.json"]
+    assert records.read(path) == rec
+
+
+def test_nan_metrics_are_stored_as_null(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    rec = make_record("a0")
+    rec.add_metric("task", "loss", float("nan"), split="test")
+    store.write_record(rec)
+    long = store.run_metrics()
+    assert long[long.name == "loss"]["value"].isna().all()
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(StoreError, match="no store at .* run `harness sweep MATRIX` first"):
+        Store(tmp_path / "absent.duckdb").runs()
+
+
+def test_store_from_a_newer_schema_is_refused(tmp_path):
+    import duckdb
+
+    path = tmp_path / "h.duckdb"
+    Store(path).write_record(make_record("a0"))
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(StoreError, match="schema 99"):
+        Store(path).runs()

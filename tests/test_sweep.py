@@ -1,0 +1,148 @@
+"""End-to-end sweeps on tiny models built in code: every method on an encoder and a decoder,
+resume without retraining, a failing run that does not stop the sweep, CLI and CSV export."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from harness import cli, matrix, methods, records, runner
+from harness.store import Store
+from harness.sweep import sweep
+from tests.conftest import tiny_matrix_text, write_matrix
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_models, tiny_dataset, tmp_path_factory):
+    """The tiny matrix swept once for this module; returns (matrix, store, results_dir, summary)."""
+    folder = tmp_path_factory.mktemp("swept")
+    loaded = matrix.load(write_matrix(folder, tiny_matrix_text(tiny_models, tiny_dataset)))
+    results = folder / "results"
+    store = Store(results / "harness.duckdb")
+    summary = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    return loaded, store, results, summary
+
+
+def test_every_cell_runs_and_is_stored(swept):
+    loaded, store, results, summary = swept
+    assert len(summary.done) == 8 and not summary.failed, summary
+    runs = store.runs("tiny")
+    assert set(runs["status"]) == {"done"} and len(runs) == 8
+    board = store.leaderboard("tiny", "sentiment")
+    assert len(board) == 8
+    for row in board.itertuples():
+        assert 0 <= row.test_accuracy <= 1 and 0 <= row.test_f1_macro <= 1
+        assert row.n_seeds == 1
+    by_method = {(r.model.split("/")[-1], r.method): r for r in board.itertuples()}
+    for model in ("tiny-bert", "tiny-llama"):
+        assert by_method[(model, "base")].trainable_params == 0
+        assert by_method[(model, "base")].artifact_mb == 0
+        full = by_method[(model, "full")]
+        assert full.trainable_params == full.total_params and full.trainable_pct == 100
+        lora = by_method[(model, "lora")]
+        assert 0 < lora.trainable_params < lora.total_params
+        transfer = by_method[(model, "transfer")]
+        assert 0 < transfer.trainable_params < transfer.total_params
+        for method in ("full", "transfer", "lora"):
+            row = by_method[(model, method)]
+            assert row.train_time_s > 0 and row.train_tokens_per_s > 0
+            assert row.peak_memory_mb > 100  # RSS of a process that imported torch
+            assert row.artifact_mb > 0
+
+
+def test_records_match_the_store(swept):
+    loaded, store, results, _ = swept
+    for spec in loaded.runs:
+        rec = records.read(results / "runs" / spec.run_id / "record.json")
+        assert rec.status == "done" and rec.run_id == spec.run_id
+        assert rec.config["identity"] == spec.identity()
+        assert rec.config["placement"]["device"] == "cpu" and rec.versions["torch"]
+        test_acc = rec.metric("accuracy", "test")
+        stored = store.run_metrics("tiny").query("run_id == @spec.run_id and name == 'accuracy' and split == 'test'")
+        assert stored["value"].tolist() == [test_acc]
+        assert len(rec.samples) == 5 and store.samples(spec.run_id)["input"].tolist() == [s["input"] for s in rec.samples]
+        if spec.method != "base":
+            steps = rec.metric("train_steps", kind="efficiency")
+            assert steps == 4  # 64 examples / batch 16
+            curve = store.curves(spec.run_id)
+            assert curve["step"].tolist() == [1, 2, 3, 4] and curve["loss"].notna().all()
+
+
+def test_second_sweep_trains_nothing(swept, monkeypatch):
+    loaded, store, results, _ = swept
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished run was executed again")
+
+    monkeypatch.setattr(runner, "execute", must_not_run)
+    again = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    assert again.skipped == 8 and not again.done and not again.failed
+
+
+def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("adapter exploded")
+
+    monkeypatch.setattr(methods.REGISTRY["transfer"], "apply", broken)
+    loaded = matrix.load(tiny_matrix)
+    results = tmp_path / "results"
+    store = Store(results / "harness.duckdb")
+    summary = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    assert len(summary.failed) == 2 and len(summary.done) == 6
+    runs = store.runs("tiny").set_index("run_id")
+    for run_id in summary.failed:
+        assert runs.loc[run_id, "status"] == "failed"
+        assert runs.loc[run_id, "error"] == "RuntimeError: adapter exploded"
+        rec = records.read(results / "runs" / run_id / "record.json")
+        assert "adapter exploded" in rec.traceback and rec.method == "transfer"
+    # the failed runs are retried by the next sweep, the done ones are not
+    monkeypatch.undo()
+    retried = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    assert sorted(retried.done) == sorted(summary.failed) and retried.skipped == 6
+
+
+def test_cli_sweep_status_export(tiny_matrix, tmp_path, capsys):
+    db = tmp_path / "res" / "harness.duckdb"
+    assert cli.main(["sweep", str(tiny_matrix), "--db", str(db), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/8]" in out and "[8/8] done: test accuracy" in out and "8 done, 0 failed" in out
+    assert cli.main(["sweep", str(tiny_matrix), "--db", str(db)]) == 0
+    assert "8 already done, 0 to run" in capsys.readouterr().out
+    assert cli.main(["status", str(tiny_matrix), "--db", str(db)]) == 0
+    assert capsys.readouterr().out.startswith("8 done")
+    assert cli.main(["export", "--db", str(db)]) == 0
+    board_path = tmp_path / "res" / "leaderboards" / "tiny_sentiment.csv"
+    rows = list(csv.DictReader(open(board_path)))
+    board = Store(db).leaderboard("tiny", "sentiment")
+    assert [r["method"] for r in rows] == board["method"].tolist()
+    assert [float(r["test_accuracy"]) for r in rows] == pytest.approx(board["test_accuracy"].tolist())
+    assert (tmp_path / "res" / "leaderboards" / "runs.csv").exists()
+
+
+def test_cli_reports_bad_matrix_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [gpt-17]\nmethods: [base]\ntasks: [sentiment]\n")
+    assert cli.main(["sweep", str(bad), "--db", str(tmp_path / "h.duckdb")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: models[0]: unknown model 'gpt-17'" in err and "Traceback" not in err
+    assert not (tmp_path / "h.duckdb").exists()  # nothing touched the store
+
+
+def test_keep_artifact_false_measures_then_deletes(tiny_models, tiny_dataset, tmp_path):
+    text = f"""
+models: ["{tiny_models['encoder']}"]
+methods: [lora]
+tasks: [{{sentiment: {{dataset: "{tiny_dataset}", train_size: 16, val_size: 8, test_size: 8}}}}]
+training: {{batch_size: 8, keep_artifact: false}}
+"""
+    path = tmp_path / "k.yaml"
+    path.write_text(text)
+    loaded = matrix.load(path)
+    results = tmp_path / "results"
+    sweep(loaded, Store(results / "h.duckdb"), results, progress=False, echo=lambda _: None)
+    run_dir = results / "runs" / loaded.runs[0].run_id
+    rec = json.loads((run_dir / "record.json").read_text())
+    assert rec["status"] == "done"
+    assert [m["value"] for m in rec["metrics"] if m["name"] == "artifact_mb"][0] > 0
+    assert not (run_dir / "artifact").exists()
