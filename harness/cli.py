@@ -86,8 +86,20 @@ def cmd_sweep(args) -> int:
     from harness.store import Store
     from harness.sweep import sweep
 
-    summary = sweep(loaded, Store(args.db), Path(args.db).parent, force=args.force, progress=not args.quiet)
+    store = Store(args.db)
+    summary = sweep(loaded, store, Path(args.db).parent, force=args.force, progress=not args.quiet)
+    for task in loaded.tasks:
+        board = store.leaderboard(loaded.name, task)
+        if not board.empty:
+            print(f"\n{loaded.name} / {task} (test split; `harness export` writes the full table)")
+            print(board[_summary_columns(board)].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 1 if summary.failed else 0
+
+
+def _summary_columns(board) -> list[str]:
+    primary = next(c for c in board.columns if c.startswith("test_"))  # the leaderboard puts it first
+    wanted = ["model", "method", "n_seeds", primary, "trainable_pct", "train_time_s", "peak_memory_mb"]
+    return [c for c in wanted if c in board.columns]
 
 
 def cmd_validate(args) -> int:

@@ -106,7 +106,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
         start = time.perf_counter()
         for split in SCORED_SPLITS:
             scores, predictions = task.score(form, model, splits[split], training["eval_batch_size"],
-                                             placement.device, autocast)
+                                             placement.device, autocast, label=f"score {split}" if progress else None)
             for name, (value, stderr) in scores.items():
                 record.add_metric("task", name, value, split=split, stderr=stderr)
             if split == "test":

@@ -76,8 +76,9 @@ def outcome(record) -> str:
         return record.error or record.status
     primary = record.primary_metric
     parts = [f"test {primary} {record.metric(primary, 'test'):.4f}"]
-    for name, unit in (("train_time_s", "s train"), ("peak_memory_mb", "MB peak"), ("trainable_params", "trainable")):
+    for name, template in (("train_time_s", "{:,.1f} s train"), ("peak_memory_mb", "{:,.0f} MB peak"),
+                           ("trainable_params", "{:,.0f} trainable params")):
         value = record.metric(name, kind="efficiency")
         if value is not None:
-            parts.append(f"{value:,.0f} {unit}" if value >= 10 else f"{value:.1f} {unit}")
+            parts.append(template.format(value))
     return ", ".join(parts)

@@ -261,10 +261,12 @@ class Verbalizer:
 
 # --------------------------------------------------------------------------- scoring
 
-def score(form, model, examples: list[dict], batch_size: int, device: str, autocast_dtype=None) -> tuple[dict, list[int]]:
+def score(form, model, examples: list[dict], batch_size: int, device: str, autocast_dtype=None,
+          label: str | None = None) -> tuple[dict, list[int]]:
     """{metric: (value, stderr or None)} (accuracy, macro-F1, mean loss) and the predicted
-    label index per example."""
+    label index per example. A progress bar is shown when `label` is given."""
     import torch
+    from tqdm.auto import tqdm
 
     from harness import metrics as metric_modules
 
@@ -272,8 +274,9 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
     collate = form.collator()
     predictions, total_loss = [], 0.0
     model.eval()
+    starts = range(0, len(encoded), batch_size)
     with torch.inference_mode(), _autocast(device, autocast_dtype):
-        for start in range(0, len(encoded), batch_size):
+        for start in tqdm(starts, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
             batch = collate(encoded[start:start + batch_size])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             logits, loss = form.logits_and_loss(model, batch)
