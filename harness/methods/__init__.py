@@ -8,6 +8,6 @@ Each method module provides:
     save(model, path: Path) -> writes exactly what the method trained (the run's artifact)
 Modules import torch/peft inside functions: the matrix validator imports only the options.
 """
-from harness.methods import base, full, lora, transfer
+from harness.methods import adapter, base, full, lora, transfer
 
-REGISTRY = {m.NAME: m for m in (base, full, transfer, lora)}
+REGISTRY = {m.NAME: m for m in (base, full, transfer, lora, adapter)}
