@@ -54,9 +54,20 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreBusy(StoreError):
+    """Another process (a sweep writing, an ingest) held the file for longer than `lock_wait_s`."""
+
+
+# Order of run states where failures should come first (the sweep status view).
+STATE_ORDER = ("failed", "interrupted", "running", "pending", "done")
+
+
 class Store:
+    lock_wait_s: float = LOCK_WAIT_S  # how long to retry while another process holds the file
+
     def __init__(self, path: str | Path = DEFAULT_DB):
         self.path = Path(path)
+        self._held = None  # the connection `reading()` holds, which every query then uses
 
     # ----------------------------------------------------------------- connections
 
@@ -77,14 +88,18 @@ class Store:
             con.close()
 
     def _open(self, read_only: bool):
-        deadline = time.monotonic() + LOCK_WAIT_S
+        deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.IOException as err:
-                if "lock" not in str(err).lower() or time.monotonic() > deadline:
-                    raise StoreError(f"{self.path} is busy (another process holds it): {err}") from err
+                if "lock" not in str(err).lower():
+                    raise StoreError(f"cannot open {self.path} as a harness store: {err}") from err
+                if time.monotonic() > deadline:
+                    raise StoreBusy(f"{self.path} is busy (another process holds it): {err}") from err
                 time.sleep(0.1)
+            except duckdb.Error as err:
+                raise StoreError(f"cannot open {self.path} as a harness store: {err}") from err
 
     def _ensure_schema(self, con) -> None:
         con.execute(SCHEMA)
@@ -147,9 +162,67 @@ class Store:
         with self._connect() as con:
             _insert(con, "matrix_runs", [[matrix, r] for r in run_ids], verb="INSERT OR IGNORE")
 
+    def write_records(self, records: Iterable[RunRecord]) -> int:
+        """`write_record` for many runs in one transaction, as columnar bulk inserts (ingesting
+        thousands of runs: a benchmark store, merging stores). Returns how many were written."""
+        records = list(records)
+        if not records:
+            return 0
+        runs = [record.to_dict() for record in records]
+        for row in runs:
+            row["config"], row["versions"] = json.dumps(row["config"], default=str), json.dumps(row["versions"])
+        tables = {
+            "runs": _columns(RUN_COLUMNS, [tuple(row[c] for c in RUN_COLUMNS) for row in runs]),
+            "metrics": _columns(("run_id", "kind", "name", "split", "value", "stderr"), [
+                (r.run_id, m["kind"], m["name"], m["split"], _finite(m["value"]), _finite(m["stderr"]))
+                for r in records for m in r.metrics]),
+            "curves": _columns(("run_id", "step", "epoch", "loss", "eval_loss", "lr"), [
+                (r.run_id, c["step"], c["epoch"], _finite(c["loss"]), _finite(c["eval_loss"]), c["lr"])
+                for r in records for c in r.curves]),
+            "samples": _columns(("run_id", "idx", "input", "reference", "prediction"), [
+                (r.run_id, s["idx"], s["input"], s["reference"], s["prediction"]) for r in records for s in r.samples]),
+            "matrix_runs": _columns(("matrix", "run_id"), [(r.matrix, r.run_id) for r in records]),
+        }
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("run_id", "matrix", "sweep"))
+        with self._connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM metrics WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                con.execute("DELETE FROM curves WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                con.execute("DELETE FROM samples WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                for table, rows in tables.items():
+                    if rows.num_rows:
+                        con.register("incoming", rows)
+                        cols = ", ".join(rows.column_names)
+                        verb = "INSERT OR IGNORE" if table == "matrix_runs" else "INSERT"
+                        conflict = f" ON CONFLICT (run_id) DO UPDATE SET {updates}" if table == "runs" else ""
+                        con.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM incoming{conflict}")
+                        con.unregister("incoming")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(records)
+
     # ----------------------------------------------------------------- reads
 
+    @contextlib.contextmanager
+    def reading(self):
+        """Hold one read-only connection for a block, so every query in it reads one consistent
+        state of the store (a writer waits for the block to end: keep it short)."""
+        if self._held is not None:
+            yield self
+            return
+        with self._connect(read_only=True) as con:
+            self._held = con
+            try:
+                yield self
+            finally:
+                self._held = None
+
     def query(self, sql: str, params: Iterable = ()) -> pd.DataFrame:
+        if self._held is not None:
+            return self._held.execute(sql, list(params)).df()
         with self._connect(read_only=True) as con:
             return con.execute(sql, list(params)).df()
 
@@ -218,6 +291,123 @@ class Store:
         board = board.reset_index().sort_values(f"test_{primary}", ascending=False, kind="stable")
         return board.reset_index(drop=True)
 
+    def filtered_leaderboard(self, matrix: str, task: str, *, models: list[str] | None = None,
+                             methods: list[str] | None = None) -> pd.DataFrame:
+        """`leaderboard` rows of the given models and methods (None: all), same columns as
+        `harness export` writes (rows are model x method, so filtering rows after aggregating is
+        the same as aggregating the filtered runs; filter values never reach SQL)."""
+        board = self.leaderboard(matrix, task)
+        if board.empty:
+            return board
+        keep = pd.Series(True, index=board.index)
+        if models is not None:
+            keep &= board["model"].isin(models)
+        if methods is not None:
+            keep &= board["method"].isin(methods)
+        return board[keep].reset_index(drop=True)
+
+    def run_table(self, matrix: str, task: str, *, models: list[str] | None = None,
+                  methods: list[str] | None = None, sweeps: list[str] | None = None) -> pd.DataFrame:
+        """One row per done run of `task` in `matrix`: model, method, seed, run_id, primary_metric,
+        then one column per metric (`test_accuracy`, `trainable_params`, `forgetting_<probe>`, ...)."""
+        axes_sql, axes_params = _axes_filter(models, methods, sweeps)
+        long = self.query(
+            "SELECT r.model, r.method, r.seed, r.run_id, r.primary_metric, m.kind, m.name, m.split, m.value "
+            "FROM runs r JOIN matrix_runs x USING (run_id) JOIN metrics m USING (run_id) "
+            f"WHERE x.matrix = ? AND r.task = ? AND r.status = 'done'{axes_sql}",
+            [matrix, task, *axes_params],
+        )
+        if long.empty:
+            return pd.DataFrame()
+        long["column"] = [_column(*key) for key in zip(long["kind"], long["name"], long["split"])]
+        wide = long.pivot_table(index=["model", "method", "seed", "run_id"], columns="column",
+                                values="value", aggfunc="first").reset_index()
+        wide.columns.name = None
+        wide.insert(4, "primary_metric", long["primary_metric"].dropna().iloc[0])
+        return wide
+
+    def learning_forgetting(self, matrix: str, task: str, *, models: list[str] | None = None,
+                            methods: list[str] | None = None, sweeps: list[str] | None = None) -> pd.DataFrame:
+        """`run_table` plus `task_gain`: the run's test primary metric minus the mean of the
+        `base` runs of the same model and task in the matrix (NaN where there is no base run)."""
+        table = self.run_table(matrix, task, models=models, methods=methods, sweeps=sweeps)
+        if table.empty:
+            return table
+        score = f"test_{table['primary_metric'].iloc[0]}"
+        base = self.run_table(matrix, task, methods=["base"])
+        base_mean = base.groupby("model")[score].mean() if score in base else pd.Series(dtype=float)
+        table["task_gain"] = table[score] - table["model"].map(base_mean).astype(float)
+        return table
+
+    def facets(self, matrix: str) -> pd.DataFrame:
+        """The distinct (task, model, method, sweep) of the matrix's runs, with their run counts."""
+        return self.query(
+            "SELECT r.task, r.model, r.method, r.sweep, count(*) AS runs "
+            "FROM runs r JOIN matrix_runs m USING (run_id) WHERE m.matrix = ? "
+            "GROUP BY ALL ORDER BY ALL",
+            [matrix],
+        )
+
+    def run_states(self, matrix: str, *, task: str | None = None, models: list[str] | None = None,
+                   methods: list[str] | None = None, sweeps: list[str] | None = None) -> pd.DataFrame:
+        """The matrix's runs in any state, failures first (then interrupted, running, pending,
+        done), newest first within a state."""
+        axes_sql, axes_params = _axes_filter(models, methods, sweeps)
+        return self.query(
+            "SELECT r.status, r.model, r.method, r.task, r.seed, r.error, r.started_at, r.finished_at, "
+            "r.sweep, r.run_id FROM runs r JOIN matrix_runs m USING (run_id) "
+            f"WHERE m.matrix = ? AND (? IS NULL OR r.task = ?){axes_sql} "
+            "ORDER BY coalesce(list_position(?::VARCHAR[], r.status), 99), r.started_at DESC NULLS LAST, "
+            "r.model, r.method, r.seed, r.run_id",
+            [matrix, task, task, *axes_params, list(STATE_ORDER)],
+        )
+
+    def run(self, run_id: str) -> dict | None:
+        """Every column of one run, with `config` and `versions` parsed; None if absent."""
+        df = self.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            return None
+        row = {k: (None if _missing(v) else v) for k, v in df.iloc[0].items()}
+        for key in ("config", "versions"):
+            row[key] = json.loads(row[key]) if row[key] else {}
+        return row
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        """Every metric of one run: kind, name, split, value, stderr."""
+        return self.query(
+            "SELECT kind, name, split, value, stderr FROM metrics WHERE run_id = ? "
+            "ORDER BY kind = 'efficiency', kind, name, split NULLS FIRST",
+            [run_id],
+        )
+
+    def probe_scores(self, run_id: str) -> pd.DataFrame:
+        """The run's probe scores (kind 'probe') next to the base model's: base = score +
+        forgetting, where the run has the matching 'forgetting' metric (same name and split)."""
+        return self.query(
+            "SELECT p.name AS probe, p.split AS metric, p.value AS score, p.stderr, "
+            "p.value + f.value AS base, f.value AS forgetting "
+            "FROM metrics p LEFT JOIN metrics f ON f.run_id = p.run_id AND f.kind = 'forgetting' "
+            "AND f.name = p.name AND f.split IS NOT DISTINCT FROM p.split "
+            "WHERE p.run_id = ? AND p.kind = 'probe' ORDER BY p.name, p.split",
+            [run_id],
+        )
+
+    def search_samples(self, run_id: str, text: str = "") -> pd.DataFrame:
+        """The run's sample predictions whose input contains `text` (case-insensitive)."""
+        return self.query(
+            "SELECT idx, input, reference, prediction FROM samples "
+            "WHERE run_id = ? AND strpos(lower(input), lower(?)) > 0 ORDER BY idx",
+            [run_id, text],
+        )
+
+    def curves_of(self, run_ids: Iterable[str]) -> pd.DataFrame:
+        """Training curves of several runs, each row with its run's model, method and seed."""
+        return self.query(
+            "SELECT r.model, r.method, r.seed, c.* FROM curves c JOIN runs r USING (run_id) "
+            "WHERE list_contains(?::VARCHAR[], c.run_id) ORDER BY c.run_id, c.step",
+            [list(run_ids)],
+        )
+
     def curves(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM curves WHERE run_id = ? ORDER BY step", [run_id])
 
@@ -237,6 +427,38 @@ class Store:
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
+
+
+def _column(kind, name, split) -> str:
+    """A metric's column in the wide tables: `trainable_params` (efficiency), `test_accuracy`
+    (task), `probe_<name>[_<split>]`, `forgetting_<name>[_<split>]`."""
+    if kind == "efficiency":
+        return name
+    if kind in ("probe", "forgetting"):
+        return f"{kind}_{name}" + (f"_{split}" if isinstance(split, str) else "")
+    return f"{split}_{name}"
+
+
+def _axes_filter(models, methods, sweeps) -> tuple[str, list]:
+    """SQL conditions on runs `r` for the given value lists (None: no condition); the values
+    only ever travel as query parameters."""
+    sql, params = "", []
+    for column, values in (("model", models), ("method", methods), ("sweep", sweeps)):
+        if values is not None:
+            sql += f" AND list_contains(?::VARCHAR[], r.{column})"
+            params.append([str(v) for v in values])
+    return sql, params
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NaT
+
+
+def _columns(names: tuple[str, ...], rows: list[tuple]):
+    """Rows as an Arrow table (None stays NULL), for a columnar bulk insert."""
+    import pyarrow as pa  # only bulk writes need it: keep it off the CLI's import path
+
+    return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
 
 
 def _insert(con, table: str, rows: list[list], verb: str = "INSERT") -> None:
