@@ -1,31 +1,74 @@
-"""Minimal leaderboard page over the store (the full dashboard is a later issue).
+"""The harness dashboard: which fine-tuning method to use, and at what cost.
 
-    streamlit run dashboard/app.py        # reads $HARNESS_DB or results/harness.duckdb
+    streamlit run dashboard/app.py        # reads $HARNESS_DB, else results/harness.duckdb
+
+Reads the store through harness.store queries only, over one read-only connection per page
+render (so a page shows one consistent state of the store). While a sweep holds the file for a
+write, the page waits a moment and retries instead of failing. Listens on 127.0.0.1 only (see
+.streamlit/config.toml).
 """
+from __future__ import annotations
+
 import os
+import sys
+from pathlib import Path
 
 import streamlit as st
 
-from harness.store import DEFAULT_DB, Store, StoreError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `dashboard` is not an installed package
 
-st.set_page_config(page_title="harness", layout="wide")
-st.title("harness leaderboard")
-store = Store(os.environ.get("HARNESS_DB", str(DEFAULT_DB)))
-try:
+from dashboard import views  # noqa: E402
+from harness.store import DEFAULT_DB, Store, StoreBusy, StoreError  # noqa: E402
+
+VIEWS = {
+    "Leaderboard": views.leaderboard,
+    "Trade-offs": views.tradeoffs,
+    "Learning curves": views.learning_curves,
+    "Run detail": views.run_detail,
+    "Sweep status": views.sweep_status,
+}
+
+
+def store_path() -> Path:
+    return Path(os.environ.get("HARNESS_DB") or DEFAULT_DB)
+
+
+def main() -> None:
+    st.set_page_config(page_title="harness", layout="wide")
+    store = Store(store_path())
+    store.lock_wait_s = views.BUSY_WAIT_S
+    try:
+        with store.reading():
+            st.session_state["busy_attempts"] = 0
+            render(store)
+    except StoreBusy:
+        views.busy(store.path)
+    except StoreError as err:
+        st.title("harness")
+        st.info(f"{err}\n\nThe dashboard reads `$HARNESS_DB` if set, else `{DEFAULT_DB}`.")
+
+
+def render(store: Store) -> None:
     matrices = store.matrices()
-except StoreError as err:
-    st.info(str(err))
-    st.stop()
-if not matrices:
-    st.info("The store has no runs yet: run `harness sweep matrices/sentiment.yaml`.")
-    st.stop()
-matrix = st.selectbox("matrix", matrices)
-for task in store.tasks(matrix):
-    st.subheader(task)
-    board = store.leaderboard(matrix, task)
-    if board.empty:
-        st.write("no finished runs yet")
-    else:
-        st.dataframe(board, hide_index=True)
-st.subheader("runs")
-st.dataframe(store.runs(matrix), hide_index=True)
+    if not matrices:
+        st.title("harness")
+        st.info(f"The store {store.path} has no runs yet: run `harness sweep matrices/sentiment.yaml`.")
+        return
+    view = st.sidebar.radio("view", list(VIEWS), key="view")
+    filters = sidebar_filters(store, matrices)
+    st.sidebar.caption(f"store: `{store.path}`")
+    VIEWS[view](store, filters)
+
+
+def sidebar_filters(store: Store, matrices: list[str]) -> views.Filters:
+    """Matrix and task pick one leaderboard; models and methods narrow every view (empty: all)."""
+    side = st.sidebar
+    matrix = side.selectbox("matrix", matrices)
+    facets = store.facets(matrix)
+    task = side.selectbox("task", sorted(facets["task"].unique()))
+    models = side.multiselect("models", sorted(facets["model"].unique()), placeholder="all models")
+    methods = side.multiselect("methods", sorted(facets["method"].unique()), placeholder="all methods")
+    return views.Filters(matrix=matrix, task=task, models=models or None, methods=methods or None)
+
+
+main()

@@ -1,31 +1,319 @@
-"""The placeholder dashboard renders the store's leaderboard and copes with a missing store."""
+"""The dashboard, driven headless with streamlit's AppTest over a store filled by a real tiny
+sweep: every view renders without exceptions and shows the store's numbers; empty, missing,
+old and busy stores give a message instead of a traceback."""
 from __future__ import annotations
 
+import io
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
+import pandas as pd
+import pyarrow as pa
+import pytest
+import streamlit
+import yaml
 from streamlit.testing.v1 import AppTest
 
+from dashboard import charts, views
+from harness import matrix
 from harness.store import Store
+from harness.sweep import sweep
+from tests.conftest import tiny_matrix_text, write_matrix
 from tests.test_store import make_record
+from tests.test_store_reads import HOLD_LOCK
 
 APP = str(Path(__file__).parents[1] / "dashboard" / "app.py")
+TASK = "sentiment"
 
 
-def test_leaderboard_shows_the_store(tmp_path, monkeypatch):
-    db = tmp_path / "h.duckdb"
-    store = Store(db)
-    store.write_record(make_record("a0", method="lora", acc=0.8))
-    store.write_record(make_record("b0", method="base", acc=0.6))
-    monkeypatch.setenv("HARNESS_DB", str(db))
-    app = AppTest.from_file(APP, default_timeout=30).run()
+@pytest.fixture(scope="module")
+def swept(tiny_models, tiny_dataset, tmp_path_factory) -> Store:
+    """The tiny matrix swept once, plus one failed run with a traceback."""
+    folder = tmp_path_factory.mktemp("dash")
+    spec = yaml.safe_load(tiny_matrix_text(tiny_models, tiny_dataset))
+    spec["methods"] = ["base", {"full": {"lr": 1.0e-3}}, {"transfer": {"lr": 1.0e-2, "train_last_layers": 1}},
+                       {"lora": {"lr": 1.0e-2, "r": 4, "alpha": 8}}]  # 2 models x 4 methods, whatever the helper grows
+    loaded = matrix.load(write_matrix(folder, yaml.safe_dump(spec)))
+    store = Store(folder / "results" / "harness.duckdb")
+    summary = sweep(loaded, store, folder / "results", progress=False, echo=lambda _: None)
+    assert len(summary.done) == 8 and not summary.failed
+    failed = make_record("failed-run-0", model=str(tiny_models["encoder"]), method="full", seed=7,
+                         status="failed", matrix="tiny")
+    failed.traceback = 'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: boom'
+    store.write_record(failed)
+    return store
+
+
+def start(store_or_path, monkeypatch, view: str | None = None) -> AppTest:
+    path = store_or_path.path if isinstance(store_or_path, Store) else store_or_path
+    monkeypatch.setenv("HARNESS_DB", str(path))
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    if view:
+        app.radio(key="view").set_value(view).run()
+    assert not app.exception, app.exception
+    return app
+
+
+def widget(widgets, label: str):
+    return next(w for w in widgets if w.label == label)
+
+
+def chart_data(app) -> list[pd.DataFrame]:
+    """The data sets of every Altair chart on the page, as the browser receives them."""
+    frames = []
+    for chart in app.get("vega_lite_chart"):
+        for named in chart.proto.datasets:
+            frames.append(pa.ipc.open_stream(named.data.data).read_pandas())
+    return frames
+
+
+def same(shown: pd.DataFrame, expected: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(shown.reset_index(drop=True), expected.reset_index(drop=True),
+                                  check_dtype=False)
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+def test_leaderboard_shows_the_stores_rows_and_downloads_them(swept, monkeypatch, tmp_path):
+    downloads = []
+    original = streamlit.download_button
+    monkeypatch.setattr(streamlit, "download_button",
+                        lambda label, data, **kw: downloads.append(data) or original(label, data, **kw))
+    app = start(swept, monkeypatch)
+    expected = swept.leaderboard("tiny", TASK)
+    assert len(expected) == 8
+    same(app.dataframe[0].value, expected)
+    # the download is exactly what is shown, with the columns `harness export` writes
+    assert len(downloads) == 1
+    same(pd.read_csv(io.BytesIO(downloads[0])), pd.read_csv(io.StringIO(expected.to_csv(index=False))))
+    exported = swept.export(tmp_path / "boards", matrix="tiny")[0]
+    assert pd.read_csv(io.BytesIO(downloads[0])).columns.tolist() == pd.read_csv(exported).columns.tolist()
+    assert any(views.NO_FORGETTING in c.value for c in app.caption)
+
+
+def test_leaderboard_filters_and_sorts(swept, monkeypatch, tiny_models):
+    app = start(swept, monkeypatch)
+    decoder = str(tiny_models["decoder"])
+    widget(app.sidebar.multiselect, "models").set_value([decoder])
+    widget(app.sidebar.multiselect, "methods").set_value(["lora", "full"]).run()
+    expected = swept.filtered_leaderboard("tiny", TASK, models=[decoder], methods=["lora", "full"])
+    assert sorted(expected["method"]) == ["full", "lora"] and set(expected["model"]) == {decoder}
+    same(app.dataframe[0].value, expected)
+    widget(app.selectbox, "sort by").set_value("train_time_s").run()  # a cost: ascending by default
     assert not app.exception
-    board = app.dataframe[0].value
-    assert board["method"].tolist() == ["lora", "base"]
-    assert board["test_accuracy"].tolist() == [0.8, 0.6]
+    same(app.dataframe[0].value, expected.sort_values("train_time_s", kind="stable"))
 
+
+# ----------------------------------------------------------------------------- trade-offs
+
+def test_tradeoffs_plot_the_leaderboard_with_its_pareto_front(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Trade-offs")
+    board = swept.leaderboard("tiny", TASK)
+    assert widget(app.selectbox, "cost (x axis)").value == "trainable_params"
+    assert widget(app.selectbox, "score (y axis)").value == "test_accuracy"
+    assert widget(app.checkbox, "log x").value is True
+    points = app.dataframe[0].value
+    assert sorted(points["test_accuracy"]) == sorted(board["test_accuracy"])
+    expected_front = charts.pareto_front(board, "trainable_params", "test_accuracy")
+    on_front = set(board[expected_front]["method"] + "@" + board[expected_front]["model"])
+    assert set(points[points["pareto"]]["method"] + "@" + points[points["pareto"]]["model"]) == on_front
+    # the cheapest point (a base row, 0 trainable parameters) is always on the front
+    assert points.sort_values(["trainable_params", "test_accuracy"], ascending=[True, False])["pareto"].iloc[0]
+    assert any(sorted(d["test_accuracy"]) == sorted(board["test_accuracy"]) for d in chart_data(app)
+               if "test_accuracy" in d)
+    assert views.NO_FORGETTING in app.info[0].value  # no probes in a tiny sweep
+
+
+def test_tradeoffs_per_run_and_other_axes(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Trade-offs")
+    widget(app.radio, "points").set_value("each run").run()
+    widget(app.selectbox, "cost (x axis)").set_value("peak_memory_mb").run()
+    assert not app.exception
+    table = swept.run_table("tiny", TASK)
+    points = app.dataframe[0].value
+    assert sorted(points["run_id"]) == sorted(table["run_id"])
+    assert dict(zip(points["run_id"], points["peak_memory_mb"])) == dict(zip(table["run_id"], table["peak_memory_mb"]))
+
+
+def test_learning_vs_forgetting_plots_gain_over_base_against_probe_drop(tmp_path, monkeypatch):
+    store = Store(tmp_path / "h.duckdb")
+    for run_id, method, seed, acc, drop in [("b0", "base", 0, 0.60, None), ("b1", "base", 1, 0.70, None),
+                                            ("l0", "lora", 0, 0.80, 0.01), ("f0", "full", 0, 0.90, 0.08)]:
+        rec = make_record(run_id, method=method, seed=seed, acc=acc)
+        if drop is not None:
+            rec.add_metric("probe", "hamlet", 0.5 - drop, split="acc", stderr=0.01)
+            rec.add_metric("forgetting", "hamlet", drop, split="acc")
+        store.write_record(rec)
+    app = start(store, monkeypatch, view="Trade-offs")
+    assert widget(app.selectbox, "forgetting probe (x axis)").value == "forgetting_hamlet_acc"
+    points = app.dataframe[1].value.set_index("run_id")
+    assert points.loc["l0", "task_gain"] == pytest.approx(0.80 - 0.65)
+    assert points.loc["f0", "task_gain"] == pytest.approx(0.90 - 0.65)
+    assert points.loc["f0", "forgetting_hamlet_acc"] == pytest.approx(0.08)
+    assert pd.isna(points.loc["b0", "forgetting_hamlet_acc"])
+    assert points.loc["l0", "pareto"] and points.loc["f0", "pareto"]  # less forgetting vs more gain
+    # the leaderboard and run detail show the probes too
+    app.radio(key="view").set_value("Run detail").run()
+    widget(app.selectbox, "run (failures first)").set_value("l0").run()
+    probes = app.dataframe[1].value
+    assert probes.iloc[0][["probe", "metric"]].tolist() == ["hamlet", "acc"]
+    assert probes.iloc[0]["score"] == pytest.approx(0.49) and probes.iloc[0]["base"] == pytest.approx(0.5)
+
+
+# ----------------------------------------------------------------------------- curves, detail, status
+
+def test_learning_curves_overlay_the_chosen_runs(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Learning curves")
+    chosen = widget(app.multiselect, "runs").value
+    assert len(chosen) == 4
+    assert all(swept.run(r)["method"] != "base" for r in chosen)
+    shown = app.dataframe[0].value
+    for run_id in chosen:
+        curve = swept.curves(run_id).dropna(subset=["loss"])
+        label = views.run_label(next(swept.run_states("tiny").query("run_id == @run_id").itertuples()))
+        train = shown[(shown["run"] == label) & (shown["series"] == "train loss")]
+        assert train["step"].tolist() == curve["step"].tolist() and len(curve) > 0
+        assert train["value"].tolist() == pytest.approx(curve["loss"].tolist())
+    assert sum(len(d) for d in chart_data(app)) == len(shown)
+
+
+def test_run_detail_of_a_failed_run_shows_error_and_traceback(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Run detail")
+    picker = widget(app.selectbox, "run (failures first)")
+    assert picker.value == "failed-run-0"  # failures first
+    assert app.error[0].value == "RuntimeError: boom"
+    assert "RuntimeError: boom" in app.code[0].value and "Traceback" in app.code[0].value
+
+
+def test_run_detail_shows_config_metrics_and_searchable_samples(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Run detail")
+    run_id = swept.run_states("tiny", methods=["lora"]).run_id.iloc[0]
+    widget(app.selectbox, "run (failures first)").set_value(run_id).run()
+    assert not app.exception and not app.error
+    same(app.dataframe[0].value, swept.metrics(run_id))
+    samples = swept.samples(run_id)
+    assert len(samples) == 5
+    same(app.dataframe[1].value[["idx", "input", "reference", "prediction"]],
+         samples[["idx", "input", "reference", "prediction"]])
+    assert app.json[0].value and swept.run(run_id)["config"]["identity"]["method"] == "lora"
+    word = samples["input"].iloc[0].split()[0]
+    app.text_input[0].set_value(word.upper()).run()  # case-insensitive
+    shown = app.dataframe[1].value
+    assert 0 < len(shown) <= 5 and all(word in text for text in shown["input"])
+    assert shown["input"].tolist() == swept.search_samples(run_id, word)["input"].tolist()
+
+
+def test_sweep_status_counts_states_and_lists_failures_first(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Sweep status")
+    counts = {m.label: int(m.value) for m in app.metric}
+    assert counts["done"] == 8 and counts["failed"] == 1 and counts["running"] == 0 and counts["pending"] == 0
+    runs = app.dataframe[0].value
+    assert runs["status"].tolist() == ["failed"] + ["done"] * 8
+    same(runs, swept.run_states("tiny"))
+
+
+# ----------------------------------------------------------------------------- stores that cannot be shown
 
 def test_missing_store_gives_a_message_not_a_traceback(tmp_path, monkeypatch):
-    monkeypatch.setenv("HARNESS_DB", str(tmp_path / "absent.duckdb"))
-    app = AppTest.from_file(APP, default_timeout=30).run()
-    assert not app.exception
-    assert "harness sweep" in app.info[0].value
+    app = start(tmp_path / "absent.duckdb", monkeypatch)
+    assert "harness sweep" in app.info[0].value and "HARNESS_DB" in app.info[0].value
+
+
+def test_empty_store_says_what_to_run(tmp_path, monkeypatch):
+    store = Store(tmp_path / "empty.duckdb")
+    store.link_runs("nothing", [])  # creates the schema, no runs
+    app = start(store, monkeypatch)
+    assert "no runs yet" in app.info[0].value and "harness sweep" in app.info[0].value
+
+
+def test_store_with_an_old_schema_says_how_to_rebuild(tmp_path, monkeypatch):
+    import duckdb
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE runs (run_id VARCHAR)")  # a store from before schema versions
+    con.close()
+    app = start(path, monkeypatch)
+    assert "harness ingest" in app.info[0].value
+
+
+def test_a_file_that_is_not_a_store_gives_a_message(tmp_path, monkeypatch):
+    path = tmp_path / "notes.duckdb"
+    path.write_text("not a database\n" * 100)
+    app = start(path, monkeypatch)
+    assert "cannot open" in app.info[0].value
+
+
+WRITER = """
+import sys, time
+from harness.records import RunRecord
+from harness.store import Store
+store, end, i = Store(sys.argv[1]), time.monotonic() + float(sys.argv[2]), 0
+print('writing', flush=True)
+while time.monotonic() < end:
+    rec = RunRecord(run_id=f'w{i}', matrix='tiny', sweep='writer', model='writer-model', method='lora',
+                    task='sentiment', seed=i, config={}, status='done', primary_metric='accuracy')
+    rec.add_metric('task', 'accuracy', 0.5, split='test')
+    store.write_record(rec)
+    i += 1
+print(i, flush=True)
+"""
+
+
+def copy_store(store: Store, folder: Path) -> Store:
+    shutil.copy(store.path, folder / "h.duckdb")
+    return Store(folder / "h.duckdb")
+
+
+def test_busy_store_shows_a_message_then_recovers(swept, tmp_path, monkeypatch):
+    """A process holding the file past the wait: the page says so instead of crashing, retries by
+    itself, and renders once the file is free."""
+    store = copy_store(swept, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store.path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("HARNESS_DB", str(store.path))
+        app = AppTest.from_file(APP, default_timeout=60)
+        app.session_state["busy_attempts"] = views.BUSY_RERUNS - 1  # the last automatic retry
+        app.run()
+        assert not app.exception and not app.dataframe
+        assert "is busy" in app.warning[0].value and app.button[0].label == "Retry"
+        # retry, and let the holder go while the page waits: it retries by itself and renders
+        app.session_state["busy_attempts"] = 0
+        threading.Timer(views.BUSY_WAIT_S + 0.5, lambda: holder.communicate("\n", timeout=30)).start()
+        app.button[0].click().run()
+        assert not app.exception and not app.warning
+        same(app.dataframe[0].value, store.leaderboard("tiny", TASK))
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_page_keeps_working_while_a_sweep_writes(swept, tmp_path, monkeypatch):
+    """A writer process committing runs into the store while the page re-renders: every render
+    succeeds and shows the leaderboard as the store had it at some moment."""
+    store = copy_store(swept, tmp_path)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), "4"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        monkeypatch.setenv("HARNESS_DB", str(store.path))
+        app = AppTest.from_file(APP, default_timeout=60)
+        seen = []
+        while writer.poll() is None and len(seen) < 50:
+            app.run()
+            assert not app.exception, app.exception
+            board = app.dataframe[0].value
+            seen.append(int(board.loc[board["model"] == "writer-model", "n_seeds"].sum()))
+        written = int(writer.communicate(timeout=60)[0].split()[-1])
+    finally:
+        writer.kill()
+    assert written > 5 and len(seen) >= 3
+    assert seen == sorted(seen) and seen[-1] <= written  # each render saw one consistent moment
+    app.run()
+    same(app.dataframe[0].value, store.leaderboard("tiny", TASK))
+    assert int(app.dataframe[0].value.query("model == 'writer-model'")["n_seeds"].iloc[0]) == written

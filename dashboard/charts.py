@@ -1,0 +1,118 @@
+"""Pure helpers for the dashboard: which columns are costs or scores, the Pareto front, and the
+Altair charts. No Streamlit and no store here, so they are easy to test."""
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+
+# Efficiency columns, lower is better (except throughput), in the order the selectors offer them.
+COSTS = ("trainable_params", "peak_memory_mb", "train_time_s", "artifact_mb", "trainable_pct", "total_params",
+         "eval_time_s")
+HIGHER_IS_BETTER = ("train_tokens_per_s",)
+LOG_BY_DEFAULT = ("trainable_params", "total_params")
+# Vega expression: 0, 10, 100, 1k, 10k, ... 1M, ... 1G for powers of ten on a log-like axis.
+SI_LABEL = ("datum.value < 1e3 ? format(datum.value, 'd') : datum.value < 1e6 ? format(datum.value / 1e3, 'd') + 'k'"
+            " : datum.value < 1e9 ? format(datum.value / 1e6, 'd') + 'M' : format(datum.value / 1e9, 'd') + 'G'")
+
+HELP = {
+    "n_seeds": "finished runs (seeds) averaged in this row",
+    "trainable_params": "parameters the method trains",
+    "trainable_pct": "trainable parameters as % of the model's",
+    "train_time_s": "wall time of training, seconds",
+    "train_tokens_per_s": "training throughput, tokens per second",
+    "peak_memory_mb": "peak memory, MB (CUDA max allocated, or the process's peak RSS on CPU)",
+    "artifact_mb": "size of what the method saved, MB",
+    "task_gain": "test score minus the mean of the base method's runs of the same model",
+}
+
+
+def lower_is_better(column: str) -> bool:
+    return (column in COSTS or column.startswith("forgetting_") or column.endswith("loss")) \
+        and column not in HIGHER_IS_BETTER
+
+
+def score_columns(table: pd.DataFrame) -> list[str]:
+    """Task scores, without their std columns: the test primary metric first (where the table
+    names it), then the other test metrics, then validation."""
+    cols = [c for c in table.columns if c.startswith(("test_", "validation_")) and not c.endswith("_std")]
+    primary = f"test_{table['primary_metric'].iloc[0]}" if "primary_metric" in table and len(table) else None
+    return sorted(cols, key=lambda c: (c != primary, not c.startswith("test_"), cols.index(c)))
+
+
+def cost_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in COSTS + HIGHER_IS_BETTER if c in table.columns]
+
+
+def forgetting_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith("_std")]
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """True for the points that no other point beats on both axes (each axis in its own better
+    direction, see `lower_is_better`); points missing either value are never on the front."""
+    xs = points[x].astype(float) * (1 if lower_is_better(x) else -1)
+    ys = points[y].astype(float) * (-1 if lower_is_better(y) else 1)
+    valid = xs.notna() & ys.notna()
+    front = pd.Series(False, index=points.index)
+    best = float("-inf")
+    # Walk from the cheapest point; a point is on the front iff it beats every cheaper one on y.
+    for idx in pd.DataFrame({"x": xs[valid], "y": -ys[valid]}).sort_values(["x", "y"], kind="stable").index:
+        if ys[idx] > best:
+            front[idx] = True
+            best = ys[idx]
+    return front
+
+
+def short_model(model: str) -> str:
+    """A model's last path component (tiny test models are absolute paths)."""
+    return str(model).rstrip("/").rsplit("/", 1)[-1]
+
+
+def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False) -> alt.Chart:
+    """Scatter of `y` against `x`, colored by method, shaped by model, with the Pareto front
+    drawn as a dashed step line and its points ringed. `points` needs a `pareto` column."""
+    data = points.assign(model_name=points["model"].map(short_model))
+    if log_x:  # symlog, not log: a base row trains 0 parameters
+        top = max(float(data[x].max(skipna=True) or 1), 1)
+        ticks = [0] + [10 ** k for k in range(1, math.ceil(math.log10(top)) + 1)]
+        x_enc = alt.X(x, type="quantitative", title=_axis_title(x), scale=alt.Scale(type="symlog"),
+                      axis=alt.Axis(values=ticks, labelExpr=SI_LABEL))
+    else:
+        x_enc = alt.X(x, type="quantitative", title=_axis_title(x), scale=alt.Scale(zero=False))
+    y_enc = alt.Y(y, type="quantitative", title=_axis_title(y), scale=alt.Scale(zero=False))
+    tooltip = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y) if c in data.columns]
+    dots = alt.Chart(data).mark_point(filled=True, size=90, opacity=0.85).encode(
+        x=x_enc, y=y_enc, color=alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique()))),
+        shape=alt.Shape("model_name:N", title="model"), tooltip=tooltip)
+    front = data[data["pareto"]].sort_values(x)
+    line = alt.Chart(front).mark_line(strokeDash=[5, 4], color="#666", interpolate="step-after").encode(
+        x=x_enc, y=y_enc)
+    rings = alt.Chart(front).mark_point(size=260, color="#111", strokeWidth=1.5).encode(x=x_enc, y=y_enc)
+    return (line + dots + rings).properties(height=420)
+
+
+def curves_long(curves: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
+    """Training curves (one row per run and step) -> one row per run, step and series
+    (train loss, eval loss), for an overlaid line chart."""
+    long = curves.melt(id_vars=["run_id", "step"], value_vars=["loss", "eval_loss"], var_name="series",
+                       value_name="value").dropna(subset=["value"])
+    long["series"] = long["series"].map({"loss": "train loss", "eval_loss": "eval loss"})
+    long["run"] = long["run_id"].map(labels)
+    return long.sort_values(["run", "series", "step"]).reset_index(drop=True)
+
+
+def curves_chart(long: pd.DataFrame, *, log_y: bool = False) -> alt.Chart:
+    return alt.Chart(long).mark_line(point=True).encode(
+        x=alt.X("step:Q"),
+        y=alt.Y("value:Q", title="loss", scale=alt.Scale(type="log") if log_y else alt.Scale(zero=False)),
+        color=alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(labelLimit=420)),
+        strokeDash=alt.StrokeDash("series:N"),
+        tooltip=["run", "series", "step", "value"],
+    ).properties(height=420)
+
+
+def _axis_title(column: str) -> str:
+    arrow = "lower is better" if lower_is_better(column) else "higher is better"
+    return f"{column} ({arrow})"

@@ -1,0 +1,220 @@
+"""The dashboard's views: one function per page, each reading the store through harness.store
+queries only. `Filters` is what the sidebar chose."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import charts
+from harness.records import STATES
+from harness.store import STATE_ORDER, Store
+
+BUSY_WAIT_S = 2.0  # per attempt; a sweep holds the file for one short transaction at a time
+BUSY_RERUNS = 60  # automatic retries before the page asks the user to retry
+NO_FORGETTING = ("No forgetting probes in this store yet: this needs runs with forgetting scores (metrics of "
+                 "kind 'forgetting', base - tuned on a probe), which the probes of a matrix will record.")
+
+
+@dataclass
+class Filters:
+    matrix: str
+    task: str
+    models: list[str] | None  # None: all
+    methods: list[str] | None
+
+    @property
+    def axes(self) -> dict:
+        return {"models": self.models, "methods": self.methods}
+
+
+def run_label(row) -> str:
+    return f"{charts.short_model(row.model)} · {row.method} · seed {row.seed} · {row.status} · {row.run_id[:10]}"
+
+
+# ----------------------------------------------------------------------------- leaderboard
+
+def leaderboard(store: Store, f: Filters) -> None:
+    st.header(f"Leaderboard: {f.task}")
+    board = store.filtered_leaderboard(f.matrix, f.task, **f.axes)
+    if board.empty:
+        st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet: "
+                "see **Sweep status**, or run `harness sweep` on the matrix.")
+        return
+    left, right = st.columns([3, 1])
+    sort_by = left.selectbox("sort by", ["leaderboard order"] + list(board.columns),
+                             help="leaderboard order: test primary metric, best first")
+    descending = right.toggle("descending", value=not (charts.lower_is_better(sort_by) or sort_by in ("model", "method")))
+    if sort_by != "leaderboard order":
+        board = board.sort_values(sort_by, ascending=not descending, kind="stable").reset_index(drop=True)
+    st.dataframe(board, hide_index=True, column_config=_column_config(board))
+    st.download_button("Download this table as CSV", board.to_csv(index=False).encode(),
+                       file_name=f"{f.matrix}_{f.task}.csv", mime="text/csv", on_click="ignore",
+                       help="the rows and columns shown, as `harness export` writes them")
+    st.caption("One row per model x method: means over seeds, `_std` = standard deviation over seeds, "
+               "`n_seeds` = finished runs. Test metrics are on the task's held-out test split.")
+    if not charts.forgetting_columns(board):
+        st.caption(NO_FORGETTING)
+
+
+def _column_config(board: pd.DataFrame) -> dict:
+    config = {}
+    for col in board.columns:
+        if col in ("model", "method"):
+            continue
+        if col in ("trainable_params", "total_params", "n_seeds"):
+            fmt = "localized"
+        elif col in ("train_time_s", "peak_memory_mb", "artifact_mb", "train_tokens_per_s", "eval_time_s"):
+            fmt = "%.1f"
+        else:
+            fmt = "%.4f"
+        config[col] = st.column_config.NumberColumn(format=fmt, help=charts.HELP.get(col))
+    return config
+
+
+# ----------------------------------------------------------------------------- trade-offs
+
+def tradeoffs(store: Store, f: Filters) -> None:
+    st.header(f"Trade-offs: {f.task}")
+    each_run = st.radio("points", ["model x method (mean over seeds)", "each run"], horizontal=True) == "each run"
+    points = (store.run_table(f.matrix, f.task, **f.axes) if each_run
+              else store.filtered_leaderboard(f.matrix, f.task, **f.axes))
+    if points.empty:
+        st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet.")
+    else:
+        left, mid, right = st.columns([2, 2, 1])
+        x = left.selectbox("cost (x axis)", charts.cost_columns(points))
+        y = mid.selectbox("score (y axis)", charts.score_columns(points))
+        log_x = right.checkbox("log x", value=x in charts.LOG_BY_DEFAULT)
+        _pareto_plot(points, x, y, log_x=log_x)
+    learning_vs_forgetting(store, f)
+
+
+def learning_vs_forgetting(store: Store, f: Filters) -> None:
+    st.subheader("Learning vs forgetting")
+    table = store.learning_forgetting(f.matrix, f.task, **f.axes)
+    probes = charts.forgetting_columns(table)
+    if table.empty or not probes:
+        st.info(NO_FORGETTING)
+        return
+    x = st.selectbox("forgetting probe (x axis)", probes)
+    st.caption("One point per run. task_gain = the run's test score minus the mean of the base method's runs "
+               "of the same model; forgetting = the probe's base score minus the tuned model's.")
+    _pareto_plot(table, x, "task_gain", log_x=False)
+
+
+def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool) -> None:
+    points = points.assign(pareto=charts.pareto_front(points, x, y))
+    st.altair_chart(charts.tradeoff_chart(points, x, y, log_x=log_x), width="stretch")
+    shown = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y, "pareto") if c in points.columns]
+    with st.expander("points", expanded=False):
+        st.dataframe(points[shown].sort_values(x), hide_index=True)
+
+
+# ----------------------------------------------------------------------------- learning curves
+
+def learning_curves(store: Store, f: Filters) -> None:
+    st.header(f"Learning curves: {f.task}")
+    runs = store.run_states(f.matrix, task=f.task, **f.axes)
+    runs = runs[runs["status"] == "done"]
+    if runs.empty:
+        st.info("No finished runs match the filters yet.")
+        return
+    labels = {r.run_id: run_label(r) for r in runs.itertuples()}
+    trained = [r.run_id for r in runs.itertuples() if r.method != "base"]
+    chosen = st.multiselect("runs", list(labels), default=trained[:4], format_func=labels.get,
+                            placeholder="choose runs to overlay")
+    if not chosen:
+        st.info("Choose one or more runs to overlay their loss curves.")
+        return
+    curves = charts.curves_long(store.curves_of(chosen), labels)
+    if curves.empty:
+        st.info("The chosen runs have no training curve (the base method does not train).")
+        return
+    log_y = st.checkbox("log y")
+    st.altair_chart(charts.curves_chart(curves, log_y=log_y), width="stretch")
+    with st.expander("points", expanded=False):
+        st.dataframe(curves[["run", "series", "step", "value"]], hide_index=True)
+
+
+# ----------------------------------------------------------------------------- run detail
+
+def run_detail(store: Store, f: Filters) -> None:
+    st.header("Run detail")
+    runs = store.run_states(f.matrix, task=f.task, **f.axes)
+    if runs.empty:
+        st.info("No runs match the filters.")
+        return
+    labels = {r.run_id: run_label(r) for r in runs.itertuples()}
+    run_id = st.selectbox("run (failures first)", list(labels), format_func=labels.get)
+    run = store.run(run_id)
+    st.subheader(f"{run['model']} x {run['method']} x {run['task']}, seed {run['seed']}: {run['status']}")
+    st.caption(f"run {run_id}, sweep {run['sweep']}, host {run['host']}, "
+               f"started {run['started_at']}, finished {run['finished_at']}")
+    if run["error"]:
+        st.error(run["error"])
+    if run["traceback"]:
+        st.code(run["traceback"], language="text")
+    st.markdown("**Metrics** (stderr where the metric has one)")
+    st.dataframe(store.metrics(run_id), hide_index=True)
+    _probes(store, run_id)
+    _samples(store, run_id)
+    st.markdown("**Resolved configuration**")
+    st.json(run["config"], expanded=2)
+    st.markdown("**Versions**")
+    st.json(run["versions"], expanded=False)
+
+
+def _probes(store: Store, run_id: str) -> None:
+    st.markdown("**Probe scores vs base**")
+    probes = store.probe_scores(run_id)
+    if probes.empty:
+        st.caption("No probe scores for this run (the store has no forgetting probes yet).")
+    else:
+        st.dataframe(probes, hide_index=True)
+
+
+def _samples(store: Store, run_id: str) -> None:
+    st.markdown("**Sample predictions**")
+    text = st.text_input("search inputs", placeholder="words in the input")
+    samples = store.search_samples(run_id, text)
+    if samples.empty:
+        st.caption("No sample predictions" + (f" whose input contains {text!r}." if text else " for this run."))
+        return
+    samples["correct"] = samples["prediction"] == samples["reference"]
+    st.dataframe(samples, hide_index=True)
+
+
+# ----------------------------------------------------------------------------- sweep status
+
+def sweep_status(store: Store, f: Filters) -> None:
+    st.header(f"Sweep status: {f.matrix}")
+    sweeps = sorted(store.facets(f.matrix)["sweep"].dropna().unique(), reverse=True)
+    chosen = st.multiselect("sweeps (the sweep that first recorded each run)", sweeps, placeholder="all sweeps")
+    runs = store.run_states(f.matrix, sweeps=chosen or None, **f.axes)
+    counts = runs["status"].value_counts()
+    states = list(STATE_ORDER) + [s for s in STATES if s not in STATE_ORDER]
+    states += [s for s in counts.index if s not in states]
+    for col, state in zip(st.columns(len(states)), states):
+        col.metric(state, int(counts.get(state, 0)))
+    st.caption("All tasks of the matrix, failures first, newest first within a state.")
+    st.dataframe(runs, hide_index=True)
+
+
+# ----------------------------------------------------------------------------- a busy store
+
+def busy(path: Path) -> None:
+    """Another process held the store past BUSY_WAIT_S (a sweep writing, an ingest): say so, and
+    retry by rerunning the page, BUSY_RERUNS times before leaving it to a Retry button."""
+    attempts = st.session_state.get("busy_attempts", 0) + 1
+    st.session_state["busy_attempts"] = attempts
+    st.title("harness")
+    st.warning(f"The store {path} is busy: another process (a sweep writing, or an ingest) holds it. "
+               f"Retrying (attempt {attempts})...")
+    if attempts < BUSY_RERUNS:
+        time.sleep(1.0)
+        st.rerun()
+    st.button("Retry")
