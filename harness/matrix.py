@@ -291,9 +291,7 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
                         "task": [(task_path, task_opts)]
                         + [(f"overrides[{i}].task_options", r.task_options) for i, r in chosen],
                     }
-                    spec = _resolve_cell(name, cell, layers, base_dir, problems)
-                    if spec is not None:
-                        runs.append(spec)
+                    runs += _resolve_cell(name, cell, layers, base_dir, problems)
     if problems:
         raise MatrixError(problems)
     if not runs:
@@ -349,39 +347,58 @@ def _check_selector(rule: Selector, where: str, axes: dict[str, list], problems:
             problems.add(f"{where}.{axis}", f"{value!r} is not one of the matrix's {axis}s ({choices})")
 
 
-def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems) -> RunSpec | None:
+def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems) -> list[RunSpec]:
+    """The cell's runs: one, or one per learning rate when `lr` is a list."""
     schemas = {
         "training": TrainingConfig,
         "method": methods.REGISTRY[cell["method"]].Options,
         "task": tasks.REGISTRY[cell["task"]].Options,
     }
-    resolved, origins = {}, {}
-    for key, schema in schemas.items():
-        values, origins[key] = _merge(layers[key])
-        try:
-            resolved[key] = schema.model_validate(values).model_dump()
-        except ValidationError as err:
-            for where, what in _pydantic_problems(err, origins[key], layers[key][0][0]):
-                problems.add(where, what)
-    if len(resolved) < len(schemas):
-        return None
-    dataset = resolved["task"].get("dataset")
-    if dataset is not None:
-        problem = assets.check_ref(dataset, "dataset", base_dir)
-        if problem:
-            problems.add(f"{origins['task'].get('dataset', layers['task'][0][0])}.dataset", problem)
-            return None
-    return RunSpec(
-        matrix=name,
-        model=cell["model"],
-        method=cell["method"],
-        task=cell["task"],
-        seed=cell["seed"],
-        method_options=resolved["method"],
-        task_options=resolved["task"],
-        training=resolved["training"],
-        base_dir=str(base_dir),
-    )
+    merged = {key: _merge(layers[key]) for key in schemas}
+    method_values, method_origin = merged["method"]
+    variants = _lr_variants(method_values, method_origin, layers["method"][0][0], problems)
+    runs = []
+    for method_variant in variants:
+        resolved = {}
+        for key, schema in schemas.items():
+            values, origin = (method_variant, method_origin) if key == "method" else merged[key]
+            try:
+                resolved[key] = schema.model_validate(values).model_dump()
+            except ValidationError as err:
+                for where, what in _pydantic_problems(err, origin, layers[key][0][0]):
+                    problems.add(where, what)
+        if len(resolved) < len(schemas):
+            continue
+        dataset = resolved["task"].get("dataset")
+        if dataset is not None:
+            problem = assets.check_ref(dataset, "dataset", base_dir)
+            if problem:
+                problems.add(f"{merged['task'][1].get('dataset', layers['task'][0][0])}.dataset", problem)
+                continue
+        runs.append(RunSpec(
+            matrix=name,
+            model=cell["model"],
+            method=cell["method"],
+            task=cell["task"],
+            seed=cell["seed"],
+            method_options=resolved["method"],
+            task_options=resolved["task"],
+            training=resolved["training"],
+            base_dir=str(base_dir),
+        ))
+    return runs
+
+
+def _lr_variants(values: dict, origin: dict, default_path: str, problems: _Problems) -> list[dict]:
+    """`lr: [1e-4, 3e-4]` sweeps the learning rate: one set of method options per value."""
+    lrs = values.get("lr")
+    if not isinstance(lrs, list):
+        return [values]
+    if not lrs or len(set(map(str, lrs))) != len(lrs):
+        problems.add(f"{origin.get('lr', default_path)}.lr", f"a list of learning rates must be non-empty "
+                     f"and without duplicates (got {lrs!r})")
+        return []
+    return [{**values, "lr": lr} for lr in lrs]
 
 
 def _merge(layers: list[tuple[str, dict]]) -> tuple[dict, dict]:

@@ -71,15 +71,34 @@ def load_tokenizer(path: str, fam: str):
     return tokenizer
 
 
-def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer=None):
-    """The pretrained model with the task's head, in float32 (mixed precision is autocast)."""
-    kwargs = {"dtype": torch.float32}
+def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer=None, **extra):
+    """The pretrained model with the task's head, in float32 (mixed precision is autocast);
+    `extra` from_pretrained arguments come from the method (e.g. a quantization config)."""
+    kwargs = {"dtype": torch.float32, **extra}
     if head == "sequence_classification":
         kwargs["num_labels"] = num_labels
     model = HEADS[head].from_pretrained(path, **kwargs)
+    if "quantization_config" in kwargs:
+        keep_4bit_trainable_on_cpu(model)
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> int:
+    """bitsandbytes >= 0.49 on CPUs with AVX512-BF16 repacks 4-bit weights into an
+    inference-only layout on the first eval-mode forward; training the same instance afterwards
+    fails in backward or silently computes wrong gradients. Turning the repacking off before any
+    forward keeps the model trainable after an evaluation (and scores the same). It is an
+    internal attribute, guarded by tests/test_qlora.py. Returns how many layers were changed."""
+    import bitsandbytes as bnb
+
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
 
 
 # --------------------------------------------------------------------------- GGUF -> checkpoint

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 RECORD_FILE = "record.json"
-STATES = ("pending", "running", "done", "failed", "interrupted")
+STATES = ("pending", "running", "done", "failed", "interrupted", "skipped")
+FINISHED = ("done", "skipped")  # a sweep does not run these again (unless forced)
 
 
 @dataclass

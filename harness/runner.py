@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness import assets, methods, tasks
 from harness.matrix import RunSpec
+from harness.methods.common import NotApplicable
 from harness.records import RunRecord
 
 VERSIONED = ("harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
@@ -53,6 +54,8 @@ def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) 
     try:
         _run(spec, record, run_dir, progress)
         record.status = "done"
+    except NotApplicable as why:
+        record.status, record.error = "skipped", f"not applicable: {why}"
     except Exception as err:  # one run's failure must not stop the sweep
         record.status = "failed"
         record.error = f"{type(err).__name__}: {err}"
@@ -85,7 +88,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     tokenizer = models.load_tokenizer(model_path, family)
     form = task.formulation(head, tokenizer, spec.task_options, training)
     splits = task.load_splits(spec.task_options, spec.base_dir)
-    model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
+    model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
+                              **methods.load_kwargs(method, spec.method_options, placement))
     model = method.apply(model, spec.method_options, family, head)
     trainable, total = count_parameters(model)
     record.add_metric("efficiency", "trainable_params", trainable)

@@ -21,9 +21,10 @@ from harness.store import Store
 class SweepSummary:
     sweep: str
     total: int
-    skipped: int = 0
+    already_finished: int = 0
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    not_applicable: list[str] = field(default_factory=list)
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:
@@ -34,19 +35,20 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool = Fals
           echo: Callable[[str], None] = print) -> SweepSummary:
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     statuses = store.statuses(r.run_id for r in matrix.runs)
-    done_before = [r for r in matrix.runs if statuses.get(r.run_id) == "done"]
-    todo = matrix.runs if force else [r for r in matrix.runs if statuses.get(r.run_id) != "done"]
-    summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs), skipped=len(matrix.runs) - len(todo))
+    done_before = [r for r in matrix.runs if statuses.get(r.run_id) in records.FINISHED]
+    todo = matrix.runs if force else [r for r in matrix.runs if statuses.get(r.run_id) not in records.FINISHED]
+    summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs), already_finished=len(matrix.runs) - len(todo))
     if done_before:
         store.link_runs(matrix.name, [r.run_id for r in done_before])
     echo(f"sweep {sweep_id}: matrix {matrix.name!r}, {len(matrix.runs)} runs, "
-         f"{summary.skipped} already done, {len(todo)} to run")
+         f"{summary.already_finished} already finished, {len(todo)} to run")
     for i, spec in enumerate(todo, 1):
         echo(f"[{i}/{len(todo)}] {describe(spec)}  run {spec.run_id}")
         record = _run_one(spec, sweep_id, store, results_dir, progress)
-        (summary.done if record.status == "done" else summary.failed).append(spec.run_id)
+        {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed).append(spec.run_id)
         echo(f"[{i}/{len(todo)}] {record.status}: {outcome(record)}")
-    echo(f"sweep {sweep_id}: {len(summary.done)} done, {len(summary.failed)} failed, {summary.skipped} skipped")
+    echo(f"sweep {sweep_id}: {len(summary.done)} done, {len(summary.failed)} failed, "
+         f"{len(summary.not_applicable)} not applicable, {summary.already_finished} already finished")
     return summary
 
 

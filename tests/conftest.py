@@ -59,20 +59,21 @@ def build_tiny_encoder(path: Path) -> Path:
     torch.manual_seed(0)
     tokenizer = _tokenizer("encoder")
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.2)
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-def build_tiny_decoder(path: Path) -> Path:
+def build_tiny_decoder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
     """Llama-style, with the LM head tied to the embeddings (as SmolLM2)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     tokenizer = _tokenizer("decoder")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id)

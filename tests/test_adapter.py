@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from harness import matrix, models
 from harness.methods import REGISTRY, adapter
-from harness.methods.common import count_parameters
+from harness.methods.common import NotApplicable, count_parameters
 from harness.store import Store
 from harness.sweep import sweep
 from tests.conftest import write_matrix
@@ -151,7 +151,7 @@ def test_a_model_without_known_sublayers_is_a_clear_error():
             super().__init__()
             self.layers = torch.nn.ModuleList([Block(), Block()])
 
-    with pytest.raises(ValueError, match=r"cannot find the attention and FFN output modules of Toy "
+    with pytest.raises(NotApplicable, match=r"cannot find the attention and FFN output modules of Toy "
                                          r"\(its blocks layers\.\* are Block\); looked for .*self_attn\.o_proj"):
         adapter.apply(Toy(), {"kind": "pfeiffer"}, "decoder", "causal_lm")
     with pytest.raises(ValueError, match="cannot find its transformer blocks"):

@@ -185,3 +185,21 @@ def test_schema_text_documents_every_section():
     text = matrix.schema_text()
     for needle in ("Matrix file", "training:", "method lora", "target_modules", "task sentiment", "train_size"):
         assert needle in text
+
+
+def test_a_list_of_learning_rates_makes_one_run_each(tmp_path):
+    m = load_text(tmp_path, VALID.replace("- lora: {r: 4}", "- lora: {r: 4, lr: [1.0e-4, 3.0e-4, 1.0e-3]}"))
+    lora = [r for r in m.runs if r.method == "lora"]
+    assert len(lora) == 2 * 2 * 3  # models x seeds x learning rates
+    assert sorted({r.method_options["lr"] for r in lora}) == [1e-4, 3e-4, 1e-3]
+    assert len({r.run_id for r in lora}) == 12
+
+
+@pytest.mark.parametrize("lrs, expected", [
+    ("[]", "methods[2].lora.lr: a list of learning rates must be non-empty"),
+    ("[1.0e-4, 1.0e-4]", "without duplicates"),
+    ("[1.0e-4, -1]", "methods[2].lora.lr: Input should be greater than 0 (got -1)"),
+])
+def test_bad_learning_rate_lists(tmp_path, lrs, expected):
+    problems = problems_of(tmp_path, VALID.replace("- lora: {r: 4}", f"- lora: {{r: 4, lr: {lrs}}}"))
+    assert any(expected in p for p in problems), problems

@@ -77,7 +77,7 @@ def test_second_sweep_trains_nothing(swept, monkeypatch):
 
     monkeypatch.setattr(runner, "execute", must_not_run)
     again = sweep(loaded, store, results, progress=False, echo=lambda _: None)
-    assert again.skipped == 8 and not again.done and not again.failed
+    assert again.already_finished == 8 and not again.done and not again.failed
 
 
 def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatch):
@@ -99,7 +99,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatc
     # the failed runs are retried by the next sweep, the done ones are not
     monkeypatch.undo()
     retried = sweep(loaded, store, results, progress=False, echo=lambda _: None)
-    assert sorted(retried.done) == sorted(summary.failed) and retried.skipped == 6
+    assert sorted(retried.done) == sorted(summary.failed) and retried.already_finished == 6
 
 
 def test_cli_sweep_status_export(tiny_matrix, tmp_path, capsys):
@@ -108,7 +108,7 @@ def test_cli_sweep_status_export(tiny_matrix, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[1/8]" in out and "[8/8] done: test accuracy" in out and "8 done, 0 failed" in out
     assert cli.main(["sweep", str(tiny_matrix), "--db", str(db)]) == 0
-    assert "8 already done, 0 to run" in capsys.readouterr().out
+    assert "8 already finished, 0 to run" in capsys.readouterr().out
     assert cli.main(["status", str(tiny_matrix), "--db", str(db)]) == 0
     assert capsys.readouterr().out.startswith("8 done")
     assert cli.main(["export", "--db", str(db)]) == 0

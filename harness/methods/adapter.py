@@ -31,7 +31,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, find_blocks, freeze, save_trainable
+from harness.methods.common import NotApplicable, TrainedOptions, find_blocks, freeze, save_trainable
 
 NAME = "adapter"
 TRAINS = True
@@ -148,7 +148,7 @@ def _sublayers(model, blocks_name: str, block) -> tuple[str, str]:
         if _has(block, attention) and _has(block, ffn):
             return attention, ffn
     looked_for = "; ".join(f"{a} + {f}" for a, f in SUBLAYERS)
-    raise ValueError(f"adapter: cannot find the attention and FFN output modules of {type(model).__name__} "
+    raise NotApplicable(f"adapter: cannot find the attention and FFN output modules of {type(model).__name__} "
                      f"(its blocks {blocks_name}.* are {type(block).__name__}); looked for {looked_for}")
 
 

@@ -6,6 +6,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class NotApplicable(ValueError):
+    """The method cannot apply to this model or task: the run is skipped with this reason."""
+
+
 class MethodOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +44,17 @@ def find_blocks(model):
     if best is None:
         raise ValueError(f"{type(model).__name__}: cannot find its transformer blocks (no ModuleList of layers)")
     return best_name, best
+
+
+def peft_task_type(head: str):
+    from peft import TaskType
+
+    return TaskType.CAUSAL_LM if head == "causal_lm" else TaskType.SEQ_CLS
+
+
+def save_pretrained(model, path: Path) -> None:
+    """Artifact of peft methods (the adapter only) and of full fine-tuning (the whole model)."""
+    model.save_pretrained(path)
 
 
 def save_trainable(model, path: Path) -> None:

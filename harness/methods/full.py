@@ -1,11 +1,10 @@
 """`full`: full fine-tuning, every parameter trains."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
 from harness.methods.common import TrainedOptions
+from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "full"
 TRAINS = True
@@ -22,6 +21,3 @@ def apply(model, options: dict, family: str, head: str):
         param.requires_grad_(True)
     return model
 
-
-def save(model, path: Path) -> None:
-    model.save_pretrained(path)

@@ -1,12 +1,12 @@
 """`lora`: low-rank adapters through peft (LoRA; DoRA with `use_dora`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions
+from harness.methods.common import TrainedOptions, peft_task_type
+from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "lora"
 TRAINS = True
@@ -26,7 +26,7 @@ class Options(TrainedOptions):
 
 
 def apply(model, options: dict, family: str, head: str):
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=options["r"],
@@ -34,10 +34,7 @@ def apply(model, options: dict, family: str, head: str):
         lora_dropout=options["dropout"],
         target_modules=options["target_modules"],
         use_dora=options["use_dora"],
-        task_type=TaskType.CAUSAL_LM if head == "causal_lm" else TaskType.SEQ_CLS,
+        task_type=peft_task_type(head),
     )
     return get_peft_model(model, config)
 
-
-def save(model, path: Path) -> None:
-    model.save_pretrained(path)

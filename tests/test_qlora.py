@@ -1,0 +1,74 @@
+"""Guards for the bitsandbytes CPU workaround (harness.models.keep_4bit_trainable_on_cpu):
+a 4-bit model that ran an evaluation forward must still train with correct gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import models
+from harness.matrix import TrainingConfig
+from harness.methods import REGISTRY, load_kwargs
+from harness.tasks import classification as task
+from tests.conftest import build_tiny_decoder
+
+EXAMPLES = [{"text": "great wonderful film", "label": 1}, {"text": "awful boring plot", "label": 0}]
+
+
+@pytest.fixture(scope="module")
+def decoder_128(tmp_path_factory):
+    # 128 wide: big enough for bitsandbytes' 64-value quantization blocks to be repacked
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-llama-128") / "m", hidden=128)
+
+
+def load_4bit(path):
+    options = REGISTRY["qlora"].Options(r=4, dropout=0.0).model_dump()
+    extra = load_kwargs(REGISTRY["qlora"], options, models.Placement("cpu", "float32"))
+    tokenizer = models.load_tokenizer(str(path), "decoder")
+    torch.manual_seed(0)
+    model = models.load_model(str(path), "causal_lm", tokenizer=tokenizer, **extra)
+    form = task.formulation("causal_lm", tokenizer, task.Options().model_dump(), TrainingConfig().model_dump())
+    return REGISTRY["qlora"].apply(model, options, "decoder", "causal_lm"), form
+
+
+def lora_gradients(model, form) -> dict[str, torch.Tensor]:
+    model.train()
+    _, loss = form.logits_and_loss(model, form.collator()(form.encode(EXAMPLES)))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+
+
+def test_the_workaround_attribute_still_exists_and_is_set(decoder_128):
+    import bitsandbytes as bnb
+
+    model, _ = load_4bit(decoder_128)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers, "nothing was quantized"
+    # if bitsandbytes renames this internal attribute, the workaround silently stops working
+    assert all(hasattr(m, "support_avx512bf16_for_cpu") for m in layers)
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)
+
+
+def test_gradients_after_an_eval_forward_equal_those_without(decoder_128):
+    evaluated, form = load_4bit(decoder_128)
+    evaluated.eval()
+    with torch.no_grad():
+        form.logits_and_loss(evaluated, form.collator()(form.encode(EXAMPLES)))
+    after_eval = lora_gradients(evaluated, form)
+    untouched, form = load_4bit(decoder_128)
+    reference = lora_gradients(untouched, form)
+    assert after_eval.keys() == reference.keys() and len(reference) > 0
+    for name, grad in reference.items():
+        assert torch.isfinite(grad).all(), name
+        assert torch.allclose(after_eval[name], grad, atol=1e-6), name
+    assert any(g.abs().sum() > 0 for g in reference.values())
+
+
+def test_four_bit_counts_like_peft(decoder_128):
+    from harness.methods.common import count_parameters
+
+    model, _ = load_4bit(decoder_128)
+    trainable, total = count_parameters(model)
+    assert (trainable, total) == model.get_nb_trainable_parameters()
+    plain = models.load_model(str(decoder_128), "causal_lm")
+    lora_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    assert total == sum(p.numel() for p in plain.parameters()) + lora_params
