@@ -256,8 +256,9 @@ class Store:
     def run_metrics(self, matrix: str | None = None, task: str | None = None, status: str | None = "done") -> pd.DataFrame:
         """Long table: one row per (run, metric), with the run's axes and status."""
         return self.query(
-            "SELECT r.run_id, r.model, r.method, r.task, r.seed, r.status, r.primary_metric, r.error, "
-            "m.kind, m.name, m.split, m.value, m.stderr "
+            "SELECT r.run_id, r.model, r.method, r.task, r.seed, "
+            "TRY_CAST(json_extract(r.config, '$.method_options.lr') AS DOUBLE) AS lr, "
+            "r.status, r.primary_metric, r.error, m.kind, m.name, m.split, m.value, m.stderr "
             "FROM runs r LEFT JOIN metrics m USING (run_id) "
             "WHERE (? IS NULL OR r.run_id IN (SELECT run_id FROM matrix_runs WHERE matrix = ?)) "
             "AND (? IS NULL OR r.task = ?) AND (? IS NULL OR r.status = ?) "
@@ -267,7 +268,12 @@ class Store:
 
     def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
         """One row per model x method over the matrix's done runs of `task`: task metrics on the
-        test split (mean and std over seeds, n), the primary metric on validation, and costs."""
+        test split (mean and std over seeds, n), the primary metric on validation, and costs.
+
+        When a method ran with several learning rates, the row is the learning rate with the
+        best mean validation score (higher is better; ties go to the smaller rate); its test
+        scores are reported and `lrs_tried` says how many rates competed. Test scores never
+        take part in the choice."""
         long = self.run_metrics(matrix, task)
         if long.empty:
             return pd.DataFrame()
@@ -276,8 +282,10 @@ class Store:
             name if kind == "efficiency" else f"{split}_{name}"
             for kind, name, split in zip(long["kind"], long["name"], long["split"])
         ]
-        wide = long.pivot_table(index=["model", "method", "seed", "run_id"], columns="column",
-                                values="value", aggfunc="first").reset_index()
+        axes = long.drop_duplicates("run_id").set_index("run_id")[["model", "method", "lr", "seed"]]
+        values = long.pivot_table(index="run_id", columns="column", values="value", aggfunc="first")
+        wide = axes.join(values).reset_index()
+        wide, lrs_tried = _best_lr_by_validation(wide, f"validation_{primary}")
         test_cols = [c for c in wide.columns if isinstance(c, str) and c.startswith("test_")]
         ordered = [f"test_{primary}"] + sorted(c for c in test_cols if c != f"test_{primary}")
         value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
@@ -288,6 +296,11 @@ class Store:
             board[col] = grouped[col].mean()
             if col in ordered:
                 board[f"{col}_std"] = grouped[col].std(ddof=1)
+        board["lr"] = grouped["lr"].first()
+        board["lrs_tried"] = lrs_tried
+        costs = [c for c in EFFICIENCY if c in board]
+        scores = [c for c in board.columns if c not in costs and c not in ("lr", "lrs_tried")]
+        board = board[scores + ["lr", "lrs_tried"] + costs]
         board = board.reset_index().sort_values(f"test_{primary}", ascending=False, kind="stable")
         return board.reset_index(drop=True)
 
@@ -427,6 +440,21 @@ class Store:
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
+
+
+def _best_lr_by_validation(wide: pd.DataFrame, validation_col: str) -> tuple[pd.DataFrame, pd.Series]:
+    """Keep, per model x method, the runs of the learning rate with the best mean validation
+    score; also return how many learning rates each model x method tried."""
+    keys = ["model", "method"]
+    lr_key = wide["lr"].fillna(-1.0)  # methods without a learning rate (base) form one group
+    tried = wide.assign(lr_key=lr_key).groupby(keys, sort=False)["lr_key"].nunique()
+    if validation_col not in wide or (tried <= 1).all():
+        return wide, tried
+    scores = wide.assign(lr_key=lr_key).groupby(keys + ["lr_key"])[validation_col].mean().fillna(float("-inf"))
+    scores = scores.reset_index().sort_values(keys + [validation_col, "lr_key"], ascending=[True, True, False, True])
+    best = scores.drop_duplicates(keys)[keys + ["lr_key"]]
+    kept = wide.assign(lr_key=lr_key).merge(best, on=keys + ["lr_key"]).drop(columns="lr_key")
+    return kept, tried
 
 
 def _column(kind, name, split) -> str:

@@ -138,3 +138,24 @@ def test_store_from_a_newer_schema_is_refused(tmp_path):
     con.close()
     with pytest.raises(StoreError, match="schema 99"):
         Store(path).runs()
+
+
+def test_leaderboard_picks_each_methods_learning_rate_on_validation_not_test(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    # lr 1e-3: better on validation (two seeds), worse on test; lr 1e-2: the reverse
+    for run_id, lr, seed, val, test in [("a", 1e-3, 0, 0.80, 0.70), ("b", 1e-3, 1, 0.84, 0.72),
+                                        ("c", 1e-2, 0, 0.75, 0.95), ("d", 1e-2, 1, 0.77, 0.93)]:
+        rec = make_record(run_id, seed=seed, acc=test)
+        rec.config = {"method_options": {"lr": lr}}
+        rec.metrics = [m for m in rec.metrics if m["split"] != "validation"]
+        rec.add_metric("task", "accuracy", val, split="validation")
+        store.write_record(rec)
+    base = make_record("z", method="base", acc=0.5)
+    base.config = {"method_options": {}}
+    store.write_record(base)
+    board = store.leaderboard("mx", "sentiment").set_index("method")
+    assert board.loc["lora", "lr"] == 1e-3 and board.loc["lora", "lrs_tried"] == 2
+    assert board.loc["lora", "test_accuracy"] == pytest.approx(0.71)
+    assert board.loc["lora", "validation_accuracy"] == pytest.approx(0.82)
+    assert board.loc["lora", "n_seeds"] == 2
+    assert pd.isna(board.loc["base", "lr"]) and board.loc["base", "lrs_tried"] == 1
