@@ -65,8 +65,10 @@ def _column_config(board: pd.DataFrame) -> dict:
     for col in board.columns:
         if col in ("model", "method"):
             continue
-        if col in ("trainable_params", "total_params", "n_seeds"):
+        if col in ("trainable_params", "total_params", "n_seeds", "lrs_tried"):
             fmt = "localized"
+        elif col == "lr":
+            fmt = "%.1e"
         elif col in ("train_time_s", "peak_memory_mb", "artifact_mb", "train_tokens_per_s", "eval_time_s"):
             fmt = "%.1f"
         else:

@@ -279,7 +279,7 @@ class Store:
             return pd.DataFrame()
         primary = long["primary_metric"].dropna().iloc[0]
         long["column"] = [
-            name if kind == "efficiency" else f"{split}_{name}"
+            _column(kind, name, split)
             for kind, name, split in zip(long["kind"], long["name"], long["split"])
         ]
         axes = long.drop_duplicates("run_id").set_index("run_id")[["model", "method", "lr", "seed"]]
@@ -290,11 +290,13 @@ class Store:
         ordered = [f"test_{primary}"] + sorted(c for c in test_cols if c != f"test_{primary}")
         value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
         value_cols += [c for c in EFFICIENCY if c in wide]
+        forgetting = sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("forgetting_"))
+        value_cols += forgetting  # base - tuned per probe, once runs have probe scores
         grouped = wide.groupby(["model", "method"], sort=False)
         board = grouped.size().rename("n_seeds").to_frame()
         for col in value_cols:
             board[col] = grouped[col].mean()
-            if col in ordered:
+            if col in ordered or col in forgetting:
                 board[f"{col}_std"] = grouped[col].std(ddof=1)
         board["lr"] = grouped["lr"].first()
         board["lrs_tried"] = lrs_tried

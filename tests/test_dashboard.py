@@ -156,6 +156,10 @@ def test_learning_vs_forgetting_plots_gain_over_base_against_probe_drop(tmp_path
     assert pd.isna(points.loc["b0", "forgetting_hamlet_acc"])
     assert points.loc["l0", "pareto"] and points.loc["f0", "pareto"]  # less forgetting vs more gain
     # the leaderboard and run detail show the probes too
+    app.radio(key="view").set_value("Leaderboard").run()
+    board = app.dataframe[0].value.set_index("method")
+    assert board.loc["full", "forgetting_hamlet_acc"] == pytest.approx(0.08)
+    assert not any(views.NO_FORGETTING in c.value for c in app.caption)
     app.radio(key="view").set_value("Run detail").run()
     widget(app.selectbox, "run (failures first)").set_value("l0").run()
     probes = app.dataframe[1].value

@@ -32,6 +32,14 @@ def test_filtered_leaderboard_is_the_leaderboard_narrowed(store):
     pd.testing.assert_frame_equal(narrowed, full[(full.model == "m1") & (full.method == "lora")].reset_index(drop=True))
 
 
+def test_leaderboard_reports_forgetting_per_probe_once_runs_have_it(store):
+    board = store.leaderboard("mx", "sentiment").set_index(["model", "method"])
+    assert board.loc[("m1", "lora"), "forgetting_hamlet_acc"] == pytest.approx(0.1)
+    assert board.loc[("m1", "lora"), "forgetting_hamlet_acc_std"] == pytest.approx(0.0)
+    assert pd.isna(board.loc[("m1", "base"), "forgetting_hamlet_acc"])
+    assert not [c for c in board.columns if "hamlet" in c and not c.startswith("forgetting_")]  # probes stay out
+
+
 def test_filter_values_are_parameters_not_sql(store):
     hostile = ["m1' OR '1'='1", "m1"]
     assert store.run_table("mx", "sentiment", models=hostile)["model"].unique().tolist() == ["m1"]
