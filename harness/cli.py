@@ -48,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("matrix")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser(
+        "plan", help="dry run: parameter counts and training-memory estimates per run (loads no weights)",
+        description="For every run of a matrix: trainable and total parameters (exactly as peft counts "
+        "them on the real model), and estimated training memory (float32 weights, or 4/8-bit for qlora; "
+        "float32 gradients; AdamW states; activations at training.batch_size x training.max_length). "
+        "Models are built from their config on the meta device: nothing is fetched but configs of hf: "
+        "models. The formulas are documented in harness/plan.py.",
+    )
+    p.add_argument("matrix", help="matrix YAML file")
+    p.add_argument("--gpu-mem", metavar="SIZE",
+                   help="GPU memory to check each run against, e.g. 24GB, 24GiB, 80G (GB, G and GiB all mean "
+                   "2^30 bytes); a run fits when its estimate + 1 GiB reserve is at most this")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also show weights, gradients, optimizer states and activations")
+    p.set_defaults(func=cmd_plan)
+
     p = sub.add_parser("schema", help="print the documented matrix schema")
     p.set_defaults(func=cmd_schema)
 
@@ -112,6 +128,25 @@ def cmd_validate(args) -> int:
         print(f"  {spec.run_id}  {spec.model:<16} {spec.method:<9} {spec.task:<10} seed {spec.seed}"
               + (f"  lr {lr:g}" if lr else ""))
     return 0
+
+
+def cmd_plan(args) -> int:
+    import time
+
+    from harness import matrix as matrix_mod
+    from harness import plan
+
+    try:
+        gpu_mem = plan.parse_size(args.gpu_mem) if args.gpu_mem is not None else None
+    except plan.PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    loaded = matrix_mod.load(args.matrix)
+    _quiet_libraries()
+    start = time.perf_counter()
+    rows = plan.plan(loaded)
+    print(plan.report(loaded, rows, gpu_mem, args.breakdown, seconds=time.perf_counter() - start))
+    return 1 if any(row.failed for row in rows) else 0
 
 
 def cmd_schema(args) -> int:
