@@ -80,8 +80,9 @@ def server(store, tmp_path_factory):
 
 def test_server_listens_on_localhost_only(server):
     _, proc = server
-    listening = {c.laddr.ip for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    listening = {c.laddr.ip for p in processes  # psutil < 6 names it connections()
+                 for c in getattr(p, "net_connections", p.connections)(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
 
 
