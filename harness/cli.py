@@ -107,7 +107,7 @@ def cmd_sweep(args) -> int:
     for task in loaded.tasks:
         board = store.leaderboard(loaded.name, task)
         if not board.empty:
-            print(f"\n{loaded.name} / {task} (test split; `harness export` writes the full table)")
+            print(f"\nmatrix {loaded.name}, task {task} (test split; `harness export` writes the full table)")
             print(board[_summary_columns(board)].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 1 if summary.failed else 0
 
