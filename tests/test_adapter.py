@@ -70,8 +70,8 @@ def expected_trainable(arch, kind) -> set[str]:
         attention, ffn = (p.format(i) for p in ADAPTED[arch])
         for module in (attention, ffn) if kind == "houlsby" else (ffn,):
             names |= {f"{module}.adapter.{layer}.{p}" for layer in ("down", "up") for p in ("weight", "bias")}
-    if arch == "bert":
-        names |= {"classifier.weight", "classifier.bias"}
+    if arch == "bert":  # the encoder's task head: classifier and the pooler it reads
+        names |= {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"}
     return names
 
 
@@ -86,7 +86,7 @@ def test_adapters_start_as_identity_train_and_reload(paths, arch, kind, tmp_path
 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == expected_trainable(arch, kind)
-    assert not any("pooler" in n or "lm_head" in n or "embed" in n or ".wte." in n for n in trainable)
+    assert not any("lm_head" in n or "embed" in n or ".wte." in n for n in trainable)
 
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     model.train()
@@ -117,7 +117,7 @@ def test_adapters_start_as_identity_train_and_reload(paths, arch, kind, tmp_path
 def test_trainable_count_is_exactly_the_adapters_and_head(paths, arch, kind, sublayers):
     model = adapted(paths, arch, kind)
     per_adapter = 2 * HIDDEN * BOTTLENECK + HIDDEN + BOTTLENECK
-    head = HIDDEN * 2 + 2 if arch == "bert" else 0
+    head = (HIDDEN * 2 + 2) + (HIDDEN * HIDDEN + HIDDEN) if arch == "bert" else 0  # classifier + pooler
     trainable, total = count_parameters(model)
     assert trainable == BLOCKS * sublayers * per_adapter + head  # (5)
     assert total == sum(p.numel() for p in load_base(paths, arch).parameters()) + trainable - head
@@ -216,7 +216,8 @@ seeds: [0]
     board = store.leaderboard("tiny-adapter", "sentiment")
     per_adapter = 2 * HIDDEN * BOTTLENECK + HIDDEN + BOTTLENECK
     counts = {(r.model.split("/")[-1], r.method): r.trainable_params for r in board.itertuples()}
-    assert counts == {("tiny-bert", "base"): 0, ("tiny-bert", "adapter"): BLOCKS * 2 * per_adapter + HIDDEN * 2 + 2,
+    assert counts == {("tiny-bert", "base"): 0,
+                      ("tiny-bert", "adapter"): BLOCKS * 2 * per_adapter + HIDDEN * 2 + 2 + HIDDEN * HIDDEN + HIDDEN,
                       ("tiny-llama", "base"): 0, ("tiny-llama", "adapter"): BLOCKS * 2 * per_adapter}
     for spec in loaded.runs:
         if spec.method == "adapter":

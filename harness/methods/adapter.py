@@ -15,9 +15,9 @@ The output projection is replaced by a small wrapper module (`base` = the origin
 `adapter` = the bottleneck), so adapter parameters have plain names such as
 `...layer.0.output.dense.adapter.down.weight` (the wrapped weight becomes `...dense.base.weight`).
 The up-projection starts at zero, so the adapted model computes exactly what its base did until
-it trains. Only the adapters train, plus a fresh classification head on encoders (everything
-outside `model.base_model_prefix`; the pretrained pooler stays frozen). A decoder's LM head
-stays frozen: SmolLM2 and GPT-2 tie it to the input embeddings.
+it trains. Only the adapters train, plus the task head on encoders (the fresh classifier and
+the pooler it reads: see common.unfreeze_encoder_head). A decoder's LM head stays frozen:
+SmolLM2 and GPT-2 tie it to the input embeddings.
 
 The artifact (`save`) is the trained tensors plus `adapter_config.json`; `load` rebuilds the
 structure on a fresh base model and loads them.
@@ -31,7 +31,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import NotApplicable, TrainedOptions, find_blocks, freeze, save_trainable
+from harness.methods.common import (
+    NotApplicable,
+    TrainedOptions,
+    find_blocks,
+    freeze,
+    save_trainable,
+    unfreeze_encoder_head,
+)
 
 NAME = "adapter"
 TRAINS = True
@@ -76,7 +83,7 @@ def apply(model, options: dict, family: str, head: str):
     freeze(model)
     _insert(model, opts)
     if head not in LM_HEADS:
-        _unfreeze_task_head(model)
+        unfreeze_encoder_head(model)
     return model
 
 
@@ -158,14 +165,6 @@ def _has(module, path: str) -> bool:
     except AttributeError:
         return False
     return True
-
-
-def _unfreeze_task_head(model) -> None:
-    """Encoder heads: everything outside the pretrained base model (not its pooler)."""
-    prefix = model.base_model_prefix + "."
-    for name, param in model.named_parameters():
-        if not name.startswith(prefix):
-            param.requires_grad_(True)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, find_blocks, freeze, save_trainable
+from harness.methods.common import TrainedOptions, find_blocks, freeze, save_trainable, unfreeze_encoder_head
 
 NAME = "transfer"
 TRAINS = True
@@ -46,16 +46,8 @@ def apply(model, options: dict, family: str, head: str):
         if options["train_lm_head"]:
             _untie_and_unfreeze_lm_head(model)
     else:
-        _unfreeze_task_head(model)
+        unfreeze_encoder_head(model)
     return model
-
-
-def _unfreeze_task_head(model) -> None:
-    """Encoder heads: everything outside the pretrained base model, plus its pooler."""
-    prefix = model.base_model_prefix + "."
-    for name, param in model.named_parameters():
-        if not name.startswith(prefix) or ".pooler." in name:
-            param.requires_grad_(True)
 
 
 def _unfreeze_final_norm(model, blocks_name: str) -> None:
