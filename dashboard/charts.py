@@ -36,7 +36,7 @@ def lower_is_better(column: str) -> bool:
 def score_columns(table: pd.DataFrame) -> list[str]:
     """Task scores, without their std columns: the test primary metric first (where the table
     names it), then the other test metrics, then validation."""
-    cols = [c for c in table.columns if c.startswith(("test_", "validation_")) and not c.endswith("_std")]
+    cols = [c for c in table.columns if c.startswith(("test_", "validation_")) and not c.endswith(("_std", "_ci95"))]
     primary = f"test_{table['primary_metric'].iloc[0]}" if "primary_metric" in table and len(table) else None
     return sorted(cols, key=lambda c: (c != primary, not c.startswith("test_"), cols.index(c)))
 
@@ -46,7 +46,7 @@ def cost_columns(table: pd.DataFrame) -> list[str]:
 
 
 def forgetting_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith("_std")]
+    return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith(("_std", "_ci95"))]
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:

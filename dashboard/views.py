@@ -55,6 +55,7 @@ def leaderboard(store: Store, f: Filters) -> None:
                        file_name=f"{f.matrix}_{f.task}.csv", mime="text/csv", on_click="ignore",
                        help="the rows and columns shown, as `harness export` writes them")
     st.caption("One row per model x method: means over seeds, `_std` = standard deviation over seeds, "
+               "`_ci95` = half-width of the mean's 95% confidence interval (t, n_seeds - 1 d.o.f.), "
                "`n_seeds` = finished runs. Test metrics are on the task's held-out test split.")
     if not charts.forgetting_columns(board):
         st.caption(NO_FORGETTING)

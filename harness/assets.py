@@ -152,7 +152,8 @@ def describe_ref(ref: str, kind: str) -> str:
 
 
 def check_ref(ref: str, kind: str, base_dir: Path | None = None) -> str | None:
-    """None if `ref` can name a `kind` asset, else what is wrong with it (no I/O beyond stat)."""
+    """None if `ref` can name a `kind` asset, else what is wrong with it (no I/O beyond stat,
+    a local model's config.json and one byte of a local file)."""
     if is_hub_ref(ref):
         return None if len(ref) > len(HUB_PREFIX) else f"empty hub id {ref!r}"
     if ref in CATALOG:
@@ -160,9 +161,40 @@ def check_ref(ref: str, kind: str, base_dir: Path | None = None) -> str | None:
         return None if found == kind else f"{ref!r} is a {found} in the catalog, not a {kind}"
     if looks_like_path(ref):
         path = _local_path(ref, base_dir)
-        return None if path.exists() else f"local path {str(path)!r} does not exist"
+        if not path.exists():
+            return f"local path {str(path)!r} does not exist"
+        return _check_local_model(path) if kind == "model" else _check_local_file(path)
     names = ", ".join(sorted(n for n, a in CATALOG.items() if a.kind == kind))
     return f"unknown {kind} {ref!r}: expected a catalog name ({names}), 'hf:org/name' or a local path"
+
+
+def _check_local_model(path: Path) -> str | None:
+    """A local model is a folder with a transformers config.json naming its model_type."""
+    if not path.is_dir():
+        return f"local path {str(path)!r} is a file, not a model folder (expected a folder with config.json)"
+    config = path / "config.json"
+    if not config.is_file():
+        return f"local path {str(path)!r} is not a model folder: it has no config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{str(config)!r} cannot be read as JSON ({err})"
+    if not isinstance(data, dict) or not data.get("model_type"):
+        return f"{str(config)!r} is not a transformers model config (no model_type)"
+    return None
+
+
+def _check_local_file(path: Path) -> str | None:
+    """A local data file must be readable by this process (what is in it, the task checks; a
+    folder is the task's to judge too)."""
+    if path.is_dir():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        return f"local path {str(path)!r} cannot be read ({err.strerror or err})"
+    return None
 
 
 def _local_path(ref: str, base_dir: Path | None) -> Path:

@@ -17,12 +17,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from harness.assets import AssetError
+    from harness.executors import ExecutorError
     from harness.matrix import MatrixError
     from harness.store import StoreError
+    from harness.sweep import SweepError
 
     try:
         return args.func(args) or 0
-    except (MatrixError, AssetError, StoreError) as err:
+    except (MatrixError, AssetError, StoreError, SweepError, ExecutorError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -37,11 +39,36 @@ def _parser() -> argparse.ArgumentParser:
     def db_arg(p):
         p.add_argument("--db", default=DEFAULT_DB, help=f"DuckDB store (default {DEFAULT_DB}); run folders go beside it")
 
-    p = sub.add_parser("sweep", help="train and score every run of a matrix not already done")
+    p = sub.add_parser(
+        "sweep", help="train and score every run of a matrix not already done",
+        description="Run every run of the matrix that is not done: pending, failed, interrupted, and "
+        "runs left running by a sweep that died; done and skipped runs are never redone unless "
+        "forced. Each run executes in its own worker process (a crash fails that run only). "
+        "Ctrl-C or SIGTERM marks the runs in flight interrupted; run the same command to resume. "
+        "One sweep per store at a time: a second one refuses.")
     p.add_argument("matrix", help="matrix YAML file")
     db_arg(p)
-    p.add_argument("--force", action="store_true", help="redo runs already done")
+    p.add_argument("--force", action="append", nargs="?", const="all", metavar="RUN_ID|all",
+                   help="redo this run even if done (a run_id or a unique prefix; repeatable), or every run "
+                   "with 'all' (or a bare --force)")
+    p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
+                   help="run failed runs again (default); --no-retry-failed keeps them as they are")
     p.add_argument("--quiet", action="store_true", help="no training progress bars")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: worker processes on this machine (default); ray: one Ray task per run")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local executor: N runs in parallel, each in its own process (default 1); with "
+                   "several GPUs each worker gets its own, and torch threads are split between workers")
+    p.add_argument("--in-process", action="store_true",
+                   help="local executor: run in the sweep's own process, one at a time (debugging: "
+                   "breakpoints work, but a crash ends the sweep)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="ray: the cluster to connect to (HEAD:6379, or 'auto' for the one this machine "
+                   "joined with `ray start`); default: start a local Ray on 127.0.0.1")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                   help="ray: CPUs each run reserves, and its torch threads (default 1)")
+    p.add_argument("--gpus-per-run", type=float, metavar="N",
+                   help="ray: GPUs each run reserves (default 1 on a cluster with GPUs, else 0)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("validate", help="check a matrix and list its runs (loads no model)")
@@ -103,7 +130,13 @@ def cmd_sweep(args) -> int:
     from harness.sweep import sweep
 
     store = Store(args.db)
-    summary = sweep(loaded, store, Path(args.db).parent, force=args.force, progress=not args.quiet)
+    executor = _executor(args)
+    try:
+        summary = sweep(loaded, store, Path(args.db).parent, force=args.force or False,
+                        retry_failed=args.retry_failed, executor=executor,
+                        progress=not args.quiet and (args.workers or 1) == 1)
+    except KeyboardInterrupt as err:
+        return _interrupted(err, args)
     for task in loaded.tasks:
         board = store.leaderboard(loaded.name, task)
         if not board.empty:
@@ -115,7 +148,34 @@ def cmd_sweep(args) -> int:
 def _summary_columns(board) -> list[str]:
     primary = next(c for c in board.columns if c.startswith("test_"))  # the leaderboard puts it first
     wanted = ["model", "method", "n_seeds", primary, "trainable_pct", "train_time_s", "peak_memory_mb"]
+    if f"{primary}_ci95" in board and board[f"{primary}_ci95"].notna().any():
+        wanted.insert(4, f"{primary}_ci95")
     return [c for c in wanted if c in board.columns]
+
+
+def _executor(args):
+    from harness.executors import ExecutorError, LocalExecutor, RayExecutor
+
+    if args.executor == "ray":
+        if args.in_process or args.workers is not None:
+            raise ExecutorError("--in-process and --workers are for the local executor; with --executor ray "
+                                "the cluster's resources and --cpus-per-run/--gpus-per-run decide the parallelism")
+        return RayExecutor(address=args.ray_address, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    if args.ray_address or args.gpus_per_run is not None or args.cpus_per_run != 1.0:
+        raise ExecutorError("--ray-address, --cpus-per-run and --gpus-per-run need --executor ray")
+    return LocalExecutor(workers=args.workers if args.workers is not None else 1, in_process=args.in_process)
+
+
+def _interrupted(err: KeyboardInterrupt, args) -> int:
+    import signal
+
+    signum = getattr(err, "signum", signal.SIGINT)
+    summary = getattr(err, "summary", None)
+    marked = f"{len(summary.interrupted)} run(s) marked interrupted, " if summary else ""
+    db = f" --db {args.db}" if args.db != DEFAULT_DB else ""
+    print(f"\ninterrupted by {signal.Signals(signum).name}: {marked}finished runs are stored.\n"
+          f"resume with: harness sweep {args.matrix}{db}", file=sys.stderr)
+    return 128 + int(signum)
 
 
 def cmd_validate(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,18 +31,22 @@ class MatrixError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+MAX_INT = 2**53  # larger integers in method or task options are rejected as typos (JSON-safe range)
+MAX_SEED = 2**31 - 1  # seeds are stored as 32-bit integers
 
 
 class TrainingConfig(Strict):
     """Training settings shared by every run of a matrix (overridable per run via `overrides`).
     The learning rate is a method option (`lr`): methods need different ones."""
 
-    epochs: float = Field(1.0, gt=0, description="passes over the training split")
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs when set")
-    batch_size: int = Field(16, gt=0, description="training examples per device step")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="steps accumulated per update")
-    eval_batch_size: int = Field(32, gt=0, description="examples per scoring forward pass")
+    epochs: float = Field(1.0, gt=0, le=10_000, description="passes over the training split")
+    max_steps: int | None = Field(None, gt=0, le=10**9, description="optimizer steps; overrides epochs when set")
+    batch_size: int = Field(16, gt=0, le=65_536, description="training examples per device step")
+    gradient_accumulation_steps: int = Field(1, gt=0, le=65_536, description="steps accumulated per update")
+    eval_batch_size: int = Field(32, gt=0, le=65_536, description="examples per scoring forward pass")
     max_length: int = Field(128, ge=8, le=32768, description="tokens per example (longer inputs are truncated)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
@@ -49,7 +54,7 @@ class TrainingConfig(Strict):
         "linear", description="learning-rate schedule"
     )
     eval_steps: int | None = Field(
-        None, gt=0, description="also compute validation loss every N steps (learning curves); "
+        None, gt=0, le=10**9, description="also compute validation loss every N steps (learning curves); "
         "off by default: scoring after training always records it"
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
@@ -111,12 +116,18 @@ class MatrixFile(Strict):
     seeds: list[int] = Field([0], min_length=1)
     exclude: list[Selector] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
+    trust_remote_code: bool | list[str] = Field(
+        False, description="let models run code shipped with them (a hub model's custom classes): true "
+        "for every model, or a list of the models to trust; off by default"
+    )
 
     @field_validator("seeds")
     @classmethod
     def _seeds_non_negative(cls, seeds):
         if any(s < 0 for s in seeds):
             raise ValueError("seeds must be >= 0")
+        if any(s > MAX_SEED for s in seeds):
+            raise ValueError(f"seeds must be at most {MAX_SEED}")
         return seeds
 
 
@@ -133,6 +144,7 @@ class RunSpec:
     task_options: dict[str, Any]
     training: dict[str, Any]
     base_dir: str = field(default=".", compare=False)
+    trust_remote_code: bool = False  # not part of the identity: it decides whether a run can load, not its result
 
     @property
     def run_id(self) -> str:
@@ -171,13 +183,14 @@ class RunSpec:
             "task_options": self.task_options,
             "training": self.training,
             "base_dir": self.base_dir,
+            "trust_remote_code": self.trust_remote_code,
             "identity": self.identity(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         keys = ("matrix", "model", "method", "task", "seed", "method_options", "task_options", "training", "base_dir")
-        return cls(**{k: d[k] for k in keys})
+        return cls(**{k: d[k] for k in keys}, trust_remote_code=d.get("trust_remote_code", False))
 
 
 def run_id(identity: dict[str, Any]) -> str:
@@ -229,6 +242,8 @@ def _read_yaml(path: Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise MatrixError([f"{path}: not valid YAML: {err}"]) from None
+    except RecursionError:
+        raise MatrixError([f"{path}: not a matrix: lists or mappings nested too deeply"]) from None
 
 
 class _Problems(list):
@@ -270,6 +285,7 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
     for section, rules in (("exclude", top.exclude), ("overrides", top.overrides)):
         for i, rule in enumerate(rules):
             _check_selector(rule, f"{section}[{i}]", axes, problems)
+    trusted = _trusted_models(top, problems)
     if problems:
         raise MatrixError(problems)
 
@@ -291,13 +307,25 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
                         "task": [(task_path, task_opts)]
                         + [(f"overrides[{i}].task_options", r.task_options) for i, r in chosen],
                     }
-                    runs += _resolve_cell(name, cell, layers, base_dir, problems)
+                    runs += _resolve_cell(name, cell, layers, base_dir, problems,
+                                          trust_remote_code=model in trusted)
     if problems:
         raise MatrixError(problems)
     if not runs:
         problems.add("exclude", "the rules exclude every run of the matrix")
         raise MatrixError(problems)
     return Matrix(name=name, path=source, runs=runs, description=top.description)
+
+
+def _trusted_models(top: MatrixFile, problems: _Problems) -> set[str]:
+    if top.trust_remote_code is True:
+        return set(top.models)
+    if not top.trust_remote_code:
+        return set()
+    for i, ref in enumerate(top.trust_remote_code):
+        if ref not in top.models:
+            problems.add(f"trust_remote_code[{i}]", f"{ref!r} is not one of the matrix's models")
+    return set(top.trust_remote_code)
 
 
 def _check_models(models: list[str], base_dir: Path, problems: _Problems) -> None:
@@ -347,7 +375,8 @@ def _check_selector(rule: Selector, where: str, axes: dict[str, list], problems:
             problems.add(f"{where}.{axis}", f"{value!r} is not one of the matrix's {axis}s ({choices})")
 
 
-def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems) -> list[RunSpec]:
+def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems, *,
+                  trust_remote_code: bool = False) -> list[RunSpec]:
     """The cell's runs: one, or one per learning rate when `lr` is a list."""
     schemas = {
         "training": TrainingConfig,
@@ -367,6 +396,10 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             except ValidationError as err:
                 for where, what in _pydantic_problems(err, origin, layers[key][0][0]):
                     problems.add(where, what)
+        for key in ("method", "task"):
+            if key in resolved:
+                origin = method_origin if key == "method" else merged[key][1]
+                _check_numbers(resolved[key], origin, layers[key][0][0], problems)
         if len(resolved) < len(schemas):
             continue
         dataset = resolved["task"].get("dataset")
@@ -385,8 +418,31 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             task_options=resolved["task"],
             training=resolved["training"],
             base_dir=str(base_dir),
+            trust_remote_code=trust_remote_code,
         ))
     return runs
+
+
+def _check_numbers(values: dict, origin: dict, default_path: str, problems: _Problems) -> None:
+    """Method and task options are validated by their own modules; a non-finite float or an
+    absurdly large integer is never meant anywhere, so it is caught here for all of them."""
+    def bad(value) -> str | None:
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number (got {value!r})"
+        if isinstance(value, int) and abs(value) > MAX_INT:
+            return f"is too large (got {value!r}; at most {MAX_INT})"
+        if isinstance(value, (list, tuple)):
+            return next((b for b in map(bad, value) if b), None)
+        if isinstance(value, dict):
+            return next((b for b in map(bad, value.values()) if b), None)
+        return None
+
+    for key, value in values.items():
+        what = bad(value)
+        if what:
+            problems.add(f"{origin.get(key, default_path)}.{key}", what)
 
 
 def _lr_variants(values: dict, origin: dict, default_path: str, problems: _Problems) -> list[dict]:

@@ -1,6 +1,8 @@
 """Loading base models and tokenizers: family detection, task head, device and dtype."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +46,28 @@ def place(device: str = "auto", dtype: str = "auto") -> Placement:
     return Placement(device, dtype)
 
 
-def family(path: str, trust_remote_code: bool = False) -> str:
+# Whether loaders may run code shipped with a model (hub `auto_map` classes). Off unless a
+# matrix sets `trust_remote_code`; the runner turns it on around one run with `remote_code`.
+_TRUST_REMOTE_CODE = contextvars.ContextVar("trust_remote_code", default=False)
+
+
+@contextlib.contextmanager
+def remote_code(trusted: bool):
+    """Loaders inside this block pass trust_remote_code=`trusted` (unless told otherwise)."""
+    token = _TRUST_REMOTE_CODE.set(bool(trusted))
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+def _trusted(explicit: bool | None) -> bool:
+    return _TRUST_REMOTE_CODE.get() if explicit is None else explicit
+
+
+def family(path: str, trust_remote_code: bool | None = None) -> str:
     """decoder, encoder or seq2seq, from the model's config."""
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=_trusted(trust_remote_code))
     return family_of_config(config)
 
 
@@ -61,8 +82,8 @@ def family_of_config(config) -> str:
     return ENCODER
 
 
-def load_tokenizer(path: str, fam: str):
-    tokenizer = AutoTokenizer.from_pretrained(path)
+def load_tokenizer(path: str, fam: str, trust_remote_code: bool | None = None):
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=_trusted(trust_remote_code))
     if fam == DECODER:
         # Left padding keeps every sequence's last token at position -1 (scoring and generation).
         tokenizer.padding_side = "left"
@@ -74,7 +95,7 @@ def load_tokenizer(path: str, fam: str):
 def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer=None, **extra):
     """The pretrained model with the task's head, in float32 (mixed precision is autocast);
     `extra` from_pretrained arguments come from the method (e.g. a quantization config)."""
-    kwargs = {"dtype": torch.float32, **extra}
+    kwargs = {"dtype": torch.float32, "trust_remote_code": _trusted(None), **extra}
     if head == "sequence_classification":
         kwargs["num_labels"] = num_labels
     model = HEADS[head].from_pretrained(path, **kwargs)

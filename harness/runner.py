@@ -5,8 +5,10 @@ Any exception inside a run becomes a `failed` record with its error and tracebac
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gc
+import math
 import platform
 import shutil
 import socket
@@ -52,7 +54,8 @@ def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) 
     record = new_record(spec, sweep, status="running")
     record.started_at = now()
     try:
-        _run(spec, record, run_dir, progress)
+        with _remote_code(spec):
+            _run(spec, record, run_dir, progress)
         record.status = "done"
     except NotApplicable as why:
         record.status, record.error = "skipped", f"not applicable: {why}"
@@ -64,6 +67,15 @@ def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) 
         record.finished_at = now()
         gc.collect()
     return record
+
+
+def _remote_code(spec: RunSpec):
+    """Model loaders may run a model's own code only when the matrix trusts that model."""
+    if not getattr(spec, "trust_remote_code", False):
+        return contextlib.nullcontext()  # the loaders' default: never
+    from harness import models
+
+    return models.remote_code(True)
 
 
 def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> None:
@@ -127,8 +139,8 @@ def _record_training(record: RunRecord, result) -> None:
     record.add_metric("efficiency", "train_tokens", result.tokens)
     record.add_metric("efficiency", "train_tokens_per_s", result.tokens / max(result.wall_time_s, 1e-9))
     final = [p["loss"] for p in result.curve if p["loss"] is not None]
-    if final and final[-1] != final[-1]:  # NaN
-        raise FloatingPointError("training loss is NaN (diverged)")
+    if final and not math.isfinite(final[-1]):  # NaN or inf: the run is not scored
+        raise FloatingPointError(f"training loss is {final[-1]} (diverged)")
 
 
 def _save_artifact(method, model, path: Path, keep: bool, record: RunRecord) -> None:

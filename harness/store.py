@@ -268,7 +268,8 @@ class Store:
 
     def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
         """One row per model x method over the matrix's done runs of `task`: task metrics on the
-        test split (mean and std over seeds, n), the primary metric on validation, and costs.
+        test split (mean and std over seeds, n, and `_ci95`: the half-width of the 95% t-interval
+        of the mean, so the interval is mean +- _ci95), the primary metric on validation, and costs.
 
         When a method ran with several learning rates, the row is the learning rate with the
         best mean validation score (higher is better; ties go to the smaller rate); its test
@@ -298,6 +299,7 @@ class Store:
             board[col] = grouped[col].mean()
             if col in ordered or col in forgetting:
                 board[f"{col}_std"] = grouped[col].std(ddof=1)
+                board[f"{col}_ci95"] = _ci95_half_width(board[f"{col}_std"], grouped[col].count())
         board["lr"] = grouped["lr"].first()
         board["lrs_tried"] = lrs_tried
         costs = [c for c in EFFICIENCY if c in board]
@@ -442,6 +444,16 @@ class Store:
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
+
+
+def _ci95_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
+    """Half-width of the 95% confidence interval of a mean over n seeds (Student's t with n - 1
+    degrees of freedom): the interval is mean +- this. NaN below two seeds."""
+    from scipy import stats  # only leaderboards need it: keep it off the CLI's import path
+
+    n = n.astype(float)
+    t = pd.Series(stats.t.ppf(0.975, (n - 1).clip(lower=1)), index=n.index)
+    return (t * std / n.pow(0.5)).where(n >= 2)
 
 
 def _best_lr_by_validation(wide: pd.DataFrame, validation_col: str) -> tuple[pd.DataFrame, pd.Series]:

