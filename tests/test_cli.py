@@ -19,7 +19,7 @@ def test_light_commands_do_not_import_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "matrix 'sentiment' is valid: 8 runs" in done.stdout
+    assert "matrix 'sentiment' is valid: 16 runs" in done.stdout
 
 
 def test_help_lists_the_commands():
