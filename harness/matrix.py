@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness import assets, methods, tasks
+from harness import assets, methods, probes, tasks
 
 AXES = ("model", "method", "task", "seed")
 
@@ -116,6 +116,12 @@ class MatrixFile(Strict):
     seeds: list[int] = Field([0], min_length=1)
     exclude: list[Selector] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
+    probes: list[str | dict[str, dict[str, Any] | None]] = Field(
+        default_factory=list, description="forgetting probes, scored on every run's model and on the "
+        "base model (cached): probe names or {name: {options}}, e.g. [mmlu, {wiki: {size: 4}}]; "
+        "lm_eval:<task> names a built-in lm-eval task (needs internet). Not part of the run_id: "
+        "adding probes to done runs needs `harness sweep --force all`"
+    )
     trust_remote_code: bool | list[str] = Field(
         False, description="let models run code shipped with them (a hub model's custom classes): true "
         "for every model, or a list of the models to trust; off by default"
@@ -144,6 +150,8 @@ class RunSpec:
     task_options: dict[str, Any]
     training: dict[str, Any]
     base_dir: str = field(default=".", compare=False)
+    # Forgetting probes ([{"name", "options"}]): measured on the run, not part of its identity.
+    probes: tuple = field(default=(), compare=False)
     trust_remote_code: bool = False  # not part of the identity: it decides whether a run can load, not its result
 
     @property
@@ -183,13 +191,16 @@ class RunSpec:
             "task_options": self.task_options,
             "training": self.training,
             "base_dir": self.base_dir,
+            "probes": list(self.probes),
             "trust_remote_code": self.trust_remote_code,
             "identity": self.identity(),
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
-        keys = ("matrix", "model", "method", "task", "seed", "method_options", "task_options", "training", "base_dir")
+        d = {"probes": (), **d}  # records written before probes existed
+        keys = ("matrix", "model", "method", "task", "seed", "method_options", "task_options", "training", "base_dir",
+                "probes")
         return cls(**{k: d[k] for k in keys}, trust_remote_code=d.get("trust_remote_code", False))
 
 
@@ -276,6 +287,9 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
     method_entries = _named_entries(top.methods, "methods", methods.REGISTRY, problems)
     task_entries = _named_entries(top.tasks, "tasks", tasks.REGISTRY, problems)
     _check_duplicates(top.seeds, "seeds", problems)
+    probe_list, probe_problems = probes.parse_entries(top.probes)
+    for where, what in probe_problems:
+        problems.add(where, what)
     axes = {
         "model": top.models,
         "method": [name for name, _, _ in method_entries],
@@ -314,6 +328,7 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
     if not runs:
         problems.add("exclude", "the rules exclude every run of the matrix")
         raise MatrixError(problems)
+    runs = [replace(run, probes=tuple(probe_list)) for run in runs]
     return Matrix(name=name, path=source, runs=runs, description=top.description)
 
 
@@ -504,6 +519,8 @@ def schema_text() -> str:
     sections = [("Matrix file", MatrixFile), ("training:", TrainingConfig), ("exclude / overrides selectors", Override)]
     sections += [(f"method {name}", m.Options) for name, m in methods.REGISTRY.items()]
     sections += [(f"task {name}", t.Options) for name, t in tasks.REGISTRY.items()]
+    sections += [(f"probe {name} ({p.description})", p.Options) for name, p in probes.PROBES.items()]
+    sections += [(f"probe {probes.BUILTIN_PREFIX}<task>", probes.BuiltinOptions)]
     lines = []
     for title, model in sections:
         lines.append(f"\n{title}" + (f"  -- {model.__doc__.strip()}" if model.__doc__ else ""))

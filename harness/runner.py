@@ -102,6 +102,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     splits = task.load_splits(spec.task_options, spec.base_dir)
     model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
                               **methods.load_kwargs(method, spec.method_options, placement))
+    before = _probe_fingerprint(spec, method, model, tokenizer)
     model = method.apply(model, spec.method_options, family, head)
     trainable, total = count_parameters(model)
     record.add_metric("efficiency", "trainable_params", trainable)
@@ -129,7 +130,36 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
                 record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
         record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
     record.add_metric("efficiency", "peak_memory_mb", peak.mb)
+    if spec.probes:
+        _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
+               placement=placement, model_path=model_path, before=before, run_dir=run_dir, progress=progress)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+
+
+def _probe_fingerprint(spec: RunSpec, method, model, tokenizer):
+    """The base model's logits on the probes' fixed input, taken before the method changes
+    anything (only for runs that train and have probes): the guard compares the probed model
+    with it. Touches no random state, so the run trains exactly as without probes."""
+    if not spec.probes or not method.TRAINS:
+        return None
+    from harness import probes
+
+    return probes.fingerprint(model, tokenizer)
+
+
+def _probe(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, head, form, placement, model_path,
+           before, run_dir: Path, progress: bool) -> None:
+    """Forgetting probes on the in-memory model (harness/probes.py); the untrained base model
+    is loaded only if a base score is missing from the store."""
+    from harness import models, probes
+
+    def load_base():
+        base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
+        return base.to(placement.device)
+
+    probes.run(record, configs=list(spec.probes), model=model, tokenizer=tokenizer, family=family,
+               model_ref=spec.identity()["model"], device=placement.device, dtype=placement.dtype,
+               trains=method.TRAINS, before=before, load_base=load_base, run_dir=run_dir, progress=progress)
 
 
 def _record_training(record: RunRecord, result) -> None:

@@ -39,8 +39,11 @@ CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR, idx INTEGER, input VARCHAR, reference VARCHAR, prediction VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
+    metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
     PRIMARY KEY (model, probe, config_hash));
 """
+# Columns probe_baselines gained after stores were first written (added on the first write).
+PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "computed_at": "TIMESTAMP"}
 
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
                "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
@@ -156,6 +159,41 @@ class Store:
             [row[c] for c in RUN_COLUMNS],
         )
         con.execute("INSERT OR IGNORE INTO matrix_runs VALUES (?, ?)", [record.matrix, record.run_id])
+
+    def put_probe_baseline(self, model: str, probe: str, config_hash: str, value: float, stderr: float | None,
+                           *, metric: str, higher_is_better: bool) -> None:
+        """Cache the base model's score on a probe (harness/probes.py), keyed by the model's
+        canonical reference, the probe and the hash of the probe's config. Runs in other
+        processes read it: the base model is probed once per (model, probe, config)."""
+        with self._connect() as con:
+            for column, sql_type in PROBE_BASELINE_COLUMNS.items():
+                con.execute(f"ALTER TABLE probe_baselines ADD COLUMN IF NOT EXISTS {column} {sql_type}")
+            con.execute(
+                "INSERT OR REPLACE INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
+                "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [model, probe, config_hash, _finite(value), _finite(stderr), metric, higher_is_better])
+
+    def get_probe_baseline(self, model: str, probe: str, config_hash: str) -> dict | None:
+        """The cached base score {value, stderr, metric, higher_is_better}, or None."""
+        if not self.path.exists():
+            return None
+        df = self.query("SELECT * FROM probe_baselines WHERE model = ? AND probe = ? AND config_hash = ?",
+                        [model, probe, config_hash])
+        if df.empty:
+            return None
+        row = df.iloc[0].to_dict()
+        out = {key: (None if _missing(row.get(key)) else row.get(key))
+               for key in ("value", "stderr", "metric", "higher_is_better")}
+        if out["value"] is None:
+            return None
+        out["value"] = float(out["value"])
+        out["stderr"] = None if out["stderr"] is None else float(out["stderr"])
+        out["higher_is_better"] = None if out["higher_is_better"] is None else bool(out["higher_is_better"])
+        return out
+
+    def probe_baselines(self) -> pd.DataFrame:
+        """Every cached base score."""
+        return self.query("SELECT * FROM probe_baselines ORDER BY model, probe, config_hash")
 
     def link_runs(self, matrix: str, run_ids: list[str]) -> None:
         """Make runs already done elsewhere part of `matrix` (the same cell is the same run)."""
@@ -292,7 +330,9 @@ class Store:
         value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
         value_cols += [c for c in EFFICIENCY if c in wide]
         forgetting = sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("forgetting_"))
-        value_cols += forgetting  # base - tuned per probe, once runs have probe scores
+        value_cols += forgetting  # how much worse than the base model, per probe, once runs have probes
+        value_cols += sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("probe_")
+                             and not c.startswith("probe_base_"))  # the tuned scores
         grouped = wide.groupby(["model", "method"], sort=False)
         board = grouped.size().rename("n_seeds").to_frame()
         for col in value_cols:
@@ -398,14 +438,17 @@ class Store:
         )
 
     def probe_scores(self, run_id: str) -> pd.DataFrame:
-        """The run's probe scores (kind 'probe') next to the base model's: base = score +
-        forgetting, where the run has the matching 'forgetting' metric (same name and split)."""
+        """The run's probe scores (kind 'probe') next to the base model's (kind 'probe_base', same
+        name and split) and the forgetting ('forgetting': how much worse than the base; for a
+        higher-is-better score without a recorded base, base = score + forgetting)."""
         return self.query(
             "SELECT p.name AS probe, p.split AS metric, p.value AS score, p.stderr, "
-            "p.value + f.value AS base, f.value AS forgetting "
+            "coalesce(b.value, p.value + f.value) AS base, f.value AS forgetting "
             "FROM metrics p LEFT JOIN metrics f ON f.run_id = p.run_id AND f.kind = 'forgetting' "
             "AND f.name = p.name AND f.split IS NOT DISTINCT FROM p.split "
-            "WHERE p.run_id = ? AND p.kind = 'probe' ORDER BY p.name, p.split",
+            "LEFT JOIN metrics b ON b.run_id = p.run_id AND b.kind = 'probe_base' "
+            "AND b.name = p.name AND b.split IS NOT DISTINCT FROM p.split "
+            "WHERE p.run_id = ? AND p.kind = 'probe' ORDER BY p.name = 'mean', p.name, p.split",
             [run_id],
         )
 
@@ -473,10 +516,10 @@ def _best_lr_by_validation(wide: pd.DataFrame, validation_col: str) -> tuple[pd.
 
 def _column(kind, name, split) -> str:
     """A metric's column in the wide tables: `trainable_params` (efficiency), `test_accuracy`
-    (task), `probe_<name>[_<split>]`, `forgetting_<name>[_<split>]`."""
+    (task), `probe_<name>[_<split>]`, `probe_base_<name>[_<split>]`, `forgetting_<name>[_<split>]`."""
     if kind == "efficiency":
         return name
-    if kind in ("probe", "forgetting"):
+    if kind in ("probe", "probe_base", "forgetting"):
         return f"{kind}_{name}" + (f"_{split}" if isinstance(split, str) else "")
     return f"{split}_{name}"
 

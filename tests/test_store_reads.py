@@ -37,7 +37,9 @@ def test_leaderboard_reports_forgetting_per_probe_once_runs_have_it(store):
     assert board.loc[("m1", "lora"), "forgetting_hamlet_acc"] == pytest.approx(0.1)
     assert board.loc[("m1", "lora"), "forgetting_hamlet_acc_std"] == pytest.approx(0.0)
     assert pd.isna(board.loc[("m1", "base"), "forgetting_hamlet_acc"])
-    assert not [c for c in board.columns if "hamlet" in c and not c.startswith("forgetting_")]  # probes stay out
+    assert board.loc[("m1", "lora"), "probe_hamlet_acc"] == pytest.approx(0.4)  # the tuned score, beside it
+    # probe metrics never fall into test_/split columns
+    assert not [c for c in board.columns if "hamlet" in c and not c.startswith(("forgetting_", "probe_"))]
 
 
 def test_filter_values_are_parameters_not_sql(store):
