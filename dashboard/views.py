@@ -105,7 +105,8 @@ def learning_vs_forgetting(store: Store, f: Filters) -> None:
         return
     x = st.selectbox("forgetting probe (x axis)", probes)
     st.caption("One point per run. task_gain = the run's test score minus the mean of the base method's runs "
-               "of the same model; forgetting = the probe's base score minus the tuned model's.")
+               "of the same model; forgetting = how much worse the tuned model does on the probe than the base "
+               "model (base - tuned for accuracies, tuned - base for bits per byte), so right = forgot more.")
     _pareto_plot(table, x, "task_gain", log_x=False)
 
 
