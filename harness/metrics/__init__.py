@@ -7,12 +7,15 @@ from functools import lru_cache
 from pathlib import Path
 
 HERE = Path(__file__).parent
+# "bleu" means sacrebleu's standard corpus BLEU here (the hub's "bleu" module is another implementation).
+ALIASES = {"bleu": "sacrebleu"}
 
 
 @lru_cache(maxsize=None)
 def load(name: str):
     import evaluate
 
+    name = ALIASES.get(name, name)
     local = HERE / name / f"{name}.py"
     return evaluate.load(str(local) if local.exists() else name)
 
