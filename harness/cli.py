@@ -268,6 +268,10 @@ def cmd_assets_list(args) -> int:
     for name, asset in assets.CATALOG.items():
         print(f"  {name:<16} {asset.kind:<8} {assets.status(name):<8} {asset.pin:<28} {asset.license}")
         print(f"  {'':<16} {asset.description}")
+        flags = ([f"EVAL ONLY: {asset.eval_only}"] if asset.eval_only else []) + (
+            ["NON-COMMERCIAL licence: results inherit it"] if asset.non_commercial else [])
+        if flags:
+            print(f"  {'':<16} {'; '.join(flags)}")
     return 0
 
 

@@ -138,8 +138,13 @@ def test_reference_kinds(tmp_path):
 
 def test_catalog_pins_are_complete():
     for name, asset in assets.CATALOG.items():
-        assert "==" in asset.source.requirement, name
-        assert len(asset.source.sha256) == 64, name
+        for source in asset.sources:
+            if isinstance(source, assets.DebSource):
+                assert source.url.startswith("http://deb.debian.org/debian/pool/"), name
+                assert source.requirement == f"debian:{source.package}={source.version}", name
+            else:
+                assert "==" in source.requirement, name
+            assert len(source.sha256) == 64, name
         assert asset.members and asset.license and asset.description, name
         assert asset.kind in ("model", "dataset"), name
 
