@@ -423,6 +423,8 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             if problem:
                 problems.add(f"{merged['task'][1].get('dataset', layers['task'][0][0])}.dataset", problem)
                 continue
+        if not _task_options_usable(cell, resolved["task"], merged["task"][1], layers["task"][0][0], base_dir, problems):
+            continue
         runs.append(RunSpec(
             matrix=name,
             model=cell["model"],
@@ -436,6 +438,18 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             trust_remote_code=trust_remote_code,
         ))
     return runs
+
+
+def _task_options_usable(cell: dict, options: dict, origin: dict, default_path: str, base_dir: Path,
+                         problems: _Problems) -> bool:
+    """The task's own check of a run's options (e.g. no training on evaluation-only data)."""
+    check = getattr(tasks.REGISTRY[cell["task"]], "check_options", None)
+    found = check(options, methods.REGISTRY[cell["method"]].TRAINS, base_dir) if check else []
+    for field_name, what in found:
+        key = field_name.split("[")[0].split(".")[0]
+        problems.add(f"{origin.get(key, default_path)}.{field_name}",
+                     f"{what} (method {cell['method']} trains)" if field_name == "dataset" else what)
+    return not found
 
 
 def _check_numbers(values: dict, origin: dict, default_path: str, problems: _Problems) -> None:

@@ -24,7 +24,6 @@ from harness.records import RunRecord
 
 VERSIONED = ("harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
              "bitsandbytes", "lm_eval")
-SCORED_SPLITS = ("validation", "test")
 
 
 def now() -> str:
@@ -99,6 +98,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     head = task.head_for(family)
     tokenizer = models.load_tokenizer(model_path, family)
     form = task.formulation(head, tokenizer, spec.task_options, training)
+    _refuse_unusable_options(task, spec, method)
     splits = task.load_splits(spec.task_options, spec.base_dir)
     model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
                               **methods.load_kwargs(method, spec.method_options, placement))
@@ -121,7 +121,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
             model.to(placement.device)
             record.add_metric("efficiency", "artifact_mb", 0.0)
         start = time.perf_counter()
-        for split in SCORED_SPLITS:
+        for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
             scores, predictions = task.score(form, model, splits[split], training["eval_batch_size"],
                                              placement.device, autocast, label=f"score {split}" if progress else None)
             for name, (value, stderr) in scores.items():
@@ -134,6 +134,14 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
         _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
                placement=placement, model_path=model_path, before=before, run_dir=run_dir, progress=progress)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+
+
+def _refuse_unusable_options(task, spec: RunSpec, method) -> None:
+    """The matrix checks this before a sweep starts; specs built another way are checked here."""
+    check = getattr(task, "check_options", None)
+    found = check(spec.task_options, method.TRAINS, Path(spec.base_dir)) if check else []
+    if found:
+        raise ValueError("; ".join(f"task_options.{where}: {what}" for where, what in found))
 
 
 def _probe_fingerprint(spec: RunSpec, method, model, tokenizer):

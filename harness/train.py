@@ -63,18 +63,11 @@ class _CurveRecorder(TrainerCallback):
 
 def train(model, form, train_examples, val_examples, *, lr: float, training: dict, placement: Placement,
           seed: int, work_dir: Path, progress: bool = True) -> TrainResult:
-    """Train `model` in place on the task formulation's encoded examples."""
-    args = _training_arguments(lr, training, placement, seed, work_dir, progress)
+    """Train `model` in place on the task formulation's examples."""
     recorder = _CurveRecorder()
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=form.encode(train_examples),
-        eval_dataset=form.encode(val_examples) if training["eval_steps"] else None,
-        data_collator=form.collator(),
-        compute_loss_func=form.compute_loss_func,
-        callbacks=[recorder],
-    )
+    trainer = build_trainer(model, form, train_examples, val_examples if training["eval_steps"] else None,
+                            lr=lr, training=training, placement=placement, seed=seed, work_dir=work_dir)
+    trainer.add_callback(recorder)
     # The Trainer prints every log dict (we log every step for the curves): show a bar instead.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -93,34 +86,81 @@ def train(model, form, train_examples, val_examples, *, lr: float, training: dic
     )
 
 
-def _training_arguments(lr, training, placement, seed, work_dir, progress) -> TrainingArguments:
-    return TrainingArguments(
-        output_dir=str(work_dir),
-        learning_rate=lr,
-        num_train_epochs=training["epochs"],
-        max_steps=training["max_steps"] or -1,
-        per_device_train_batch_size=training["batch_size"],
-        per_device_eval_batch_size=training["eval_batch_size"],
-        gradient_accumulation_steps=training["gradient_accumulation_steps"],
-        weight_decay=training["weight_decay"],
-        warmup_steps=training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
-        lr_scheduler_type=training["lr_scheduler"],
-        eval_strategy="steps" if training["eval_steps"] else "no",
-        eval_steps=training["eval_steps"],
-        logging_steps=1,
-        logging_nan_inf_filter=False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
-        include_num_input_tokens_seen="non_padding",
-        save_strategy="no",
-        report_to=[],
-        seed=seed,
-        data_seed=seed,
-        use_cpu=placement.device == "cpu",
-        bf16=placement.dtype == "bfloat16",
-        fp16=placement.dtype == "float16",
-        remove_unused_columns=False,
-        dataloader_pin_memory=placement.device == "cuda",
-        disable_tqdm=True,
+def build_trainer(model, form, train_examples, val_examples, *, lr, training, placement, seed, work_dir):
+    """The trainer a task formulation asks for: trl's SFTTrainer for prompt/completion text on
+    decoders (it tokenizes, masks the prompt out of the loss and can pack), a plain Trainer on
+    already-encoded features otherwise (classification, seq2seq generation)."""
+    kwargs = _training_kwargs(lr, training, placement, seed, work_dir)
+    kind = getattr(form, "trainer", "plain")
+    if kind == "sft":
+        return _sft_trainer(model, form, train_examples, val_examples, kwargs, training)
+    if kind == "seq2seq":
+        from transformers import DataCollatorForSeq2Seq
+
+        encode, collator, loss = form.seq2seq_features, DataCollatorForSeq2Seq(form.tokenizer, model=model), None
+    else:
+        encode, collator, loss = form.encode, form.collator(), form.compute_loss_func
+    return Trainer(
+        model=model,
+        args=TrainingArguments(**kwargs),
+        train_dataset=encode(train_examples),
+        eval_dataset=encode(val_examples) if val_examples else None,
+        data_collator=collator,
+        compute_loss_func=loss,
     )
+
+
+def _sft_trainer(model, form, train_examples, val_examples, kwargs: dict, training: dict):
+    from datasets import Dataset, disable_progress_bars
+    from trl import SFTConfig, SFTTrainer
+
+    disable_progress_bars()  # trl maps the dataset in five steps, each with its own bar
+
+    config = SFTConfig(
+        **kwargs,
+        max_length=training["max_length"],
+        packing=form.options["packing"],
+        completion_only_loss=True,
+        activation_checkpointing=False,  # SFTConfig turns it on by default; these models fit without
+        dataset_num_proc=None,
+    )
+    return SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(form.sft_rows(train_examples)),
+        eval_dataset=Dataset.from_list(form.sft_rows(val_examples)) if val_examples else None,
+        processing_class=form.tokenizer,
+    )
+
+
+def _training_kwargs(lr, training, placement, seed, work_dir) -> dict:
+    return {
+        "output_dir": str(work_dir),
+        "learning_rate": lr,
+        "num_train_epochs": training["epochs"],
+        "max_steps": training["max_steps"] or -1,
+        "per_device_train_batch_size": training["batch_size"],
+        "per_device_eval_batch_size": training["eval_batch_size"],
+        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+        "weight_decay": training["weight_decay"],
+        "warmup_steps": training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
+        "lr_scheduler_type": training["lr_scheduler"],
+        "eval_strategy": "steps" if training["eval_steps"] else "no",
+        "eval_steps": training["eval_steps"],
+        "logging_steps": 1,
+        "logging_nan_inf_filter": False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
+        "include_num_input_tokens_seen": "non_padding",
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": placement.device == "cpu",
+        "bf16": placement.dtype == "bfloat16",
+        "fp16": placement.dtype == "float16",
+        "remove_unused_columns": False,
+        "dataloader_pin_memory": placement.device == "cuda",
+        "disable_tqdm": True,
+    }
 
 
 # --------------------------------------------------------------------------- memory

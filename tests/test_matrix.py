@@ -69,7 +69,7 @@ def test_expansion_is_models_x_methods_x_tasks_x_seeds(tmp_path):
         (("seeds: [0, 1]", "seeds: []"), "seeds: List should have at least 1 item"),
         (("name: demo", "name: demo\nmodles: [x]"), "modles: unknown field"),
         (("- base\n", "- base\n  - base\n"), "methods[1]: duplicate method 'base'"),
-        (("- sentiment: {train_size: 100, test_size: 50}", "- translation"), "tasks[0]: unknown task 'translation': expected one of sentiment"),
+        (("- sentiment: {train_size: 100, test_size: 50}", "- reasoning"), "tasks[0]: unknown task 'reasoning': expected one of sentiment, summarization, translation, instruction"),
         (("seeds: [0, 1]", "seeds: [0, 1]\nexclude: [{model: gpt-17}]"), "exclude[0].model: 'gpt-17' is not one of the matrix's models"),
         (("seeds: [0, 1]", "seeds: [0, 1]\nexclude: [{}]"), "exclude[0]: Value error, give at least one of model, method, task, seed"),
         (("seeds: [0, 1]", "seeds: [0, 1]\noverrides: [{method: lora, options: {r: 0}}]"), "overrides[0].options.r: Input should be greater than 0 (got 0)"),

@@ -15,7 +15,6 @@ name their text/label columns and optionally a group column for the same kind of
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness import assets
+from harness.tasks import tables
 
 NAME = "sentiment"
 PRIMARY_METRIC = "accuracy"
@@ -78,7 +78,7 @@ def head_for(family: str) -> str:
 def load_splits(options: dict[str, Any], base_dir: str = ".") -> dict[str, list[dict]]:
     """{split: [{"text", "label"}]}, each split subsampled to its configured size."""
     rows = _load_rows(options, base_dir)
-    pools = _split_by_group(rows, options)
+    pools = tables.split_by_group(rows, options["test_fraction"], options["val_fraction"], options["split_seed"])
     rng = random.Random(options["split_seed"])
     out = {}
     for split in SPLITS:
@@ -105,7 +105,7 @@ def _load_rows(options: dict[str, Any], base_dir: str) -> list[dict]:
             {"text": t, "label": int(c == "fresh"), "group": m}
             for t, c, m in zip(frame["text"], frame["category"], frame["movie_name"])
         ]
-    frame = _read_table(assets.resolve(ref, "dataset", Path(base_dir)), is_hub=assets.is_hub_ref(ref))
+    frame = tables.read_table(assets.resolve(ref, "dataset", Path(base_dir)), is_hub=assets.is_hub_ref(ref))
     text_col, label_col, group_col = options["text_column"], options["label_column"], options["group_column"]
     for col in [text_col, label_col] + ([group_col] if group_col else []):
         if col not in frame.columns:
@@ -113,22 +113,6 @@ def _load_rows(options: dict[str, Any], base_dir: str) -> list[dict]:
     labels = [_label_index(v, options["label_names"], ref) for v in frame[label_col]]
     groups = frame[group_col] if group_col else frame[text_col]
     return [{"text": str(t), "label": y, "group": str(g)} for t, y, g in zip(frame[text_col], labels, groups)]
-
-
-def _read_table(path: str, is_hub: bool):
-    import pandas as pd
-
-    if is_hub:
-        import datasets
-
-        loaded = datasets.load_dataset(path)
-        return pd.concat([loaded[s].to_pandas() for s in loaded], ignore_index=True)
-    suffix = Path(path).suffix.lower()
-    readers = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
-               ".json": pd.read_json, ".parquet": pd.read_parquet}
-    if suffix not in readers:
-        raise ValueError(f"dataset {path}: expected a .csv, .jsonl, .json or .parquet file")
-    return readers[suffix](path)
 
 
 def _label_index(value, names: list[str], ref: str) -> int:
@@ -141,19 +125,6 @@ def _label_index(value, names: list[str], ref: str) -> int:
     if not 0 <= index < len(names):
         raise ValueError(f"dataset {ref}: label {value!r} is neither an index below {len(names)} nor one of {names}")
     return index
-
-
-def _split_by_group(rows: list[dict], options: dict[str, Any]) -> dict[str, list[dict]]:
-    """A stable hash of each group's name decides its split: deterministic, seed-independent."""
-    pools = {s: [] for s in SPLITS}
-    test_cut = options["test_fraction"]
-    val_cut = test_cut + options["val_fraction"]
-    for row in rows:
-        digest = hashlib.sha256(f"{options['split_seed']}:{row['group']}".encode()).digest()
-        u = int.from_bytes(digest[:8], "big") / 2**64
-        split = "test" if u < test_cut else "validation" if u < val_cut else "train"
-        pools[split].append(row)
-    return pools
 
 
 # --------------------------------------------------------------------------- formulations

@@ -1,0 +1,41 @@
+"""Reading task data from files or the hub, and splitting rows by group: shared by tasks."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+                 "valid": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+def read_table(path: str, is_hub: bool):
+    """A pandas frame with every row of a csv/jsonl/json/parquet file or of a hub dataset;
+    a hub dataset's split names go to a `split` column."""
+    import pandas as pd
+
+    if is_hub:
+        import datasets
+
+        loaded = datasets.load_dataset(path)
+        return pd.concat([loaded[s].to_pandas().assign(split=s) for s in loaded], ignore_index=True)
+    suffix = Path(path).suffix.lower()
+    readers = {".csv": pd.read_csv, ".jsonl": lambda p: pd.read_json(p, lines=True),
+               ".json": pd.read_json, ".parquet": pd.read_parquet}
+    if suffix not in readers:
+        raise ValueError(f"dataset {path}: expected a .csv, .jsonl, .json or .parquet file")
+    return readers[suffix](path)
+
+
+def split_of(group: str, test_fraction: float, val_fraction: float, seed: int) -> str:
+    """A stable hash of the group's name decides its split: deterministic, run-seed-independent."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test_fraction else "validation" if u < test_fraction + val_fraction else "train"
+
+
+def split_by_group(rows: list[dict], test_fraction: float, val_fraction: float, seed: int) -> dict[str, list[dict]]:
+    pools = {s: [] for s in SPLITS}
+    for row in rows:
+        pools[split_of(str(row["group"]), test_fraction, val_fraction, seed)].append(row)
+    return pools
