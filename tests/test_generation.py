@@ -284,3 +284,16 @@ training: {{epochs: 1, batch_size: 8, max_length: 32, eval_batch_size: 4}}
     assert main(["sweep", str(write_matrix(tmp_path, text)), "--db", str(db), "--in-process", "--quiet"]) == 0
     runs = store.Store(db).runs()
     assert sorted(runs["status"]) == ["done"] * 3, runs[["method", "error"]].to_dict("records")
+
+
+def test_generation_bench_quick_mode_runs_and_outputs_match():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "bench_generation.py"), "--quick"], cwd=root,
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "identical outputs: 8/8" in out.stdout
+    speedup = float(out.stdout.split("speed-up: ")[1].split("x")[0])
+    assert speedup > 0
