@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_DB = os.path.join("results", "harness.duckdb")
+INGEST_BATCH = 1000  # record.json files per store transaction in `harness ingest`
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,20 +17,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from harness.assets import AssetError
-    from harness.executors import ExecutorError
-    from harness.matrix import MatrixError
-    from harness.store import StoreError
-    from harness.sweep import SweepError
-
     try:
         return args.func(args) or 0
-    except (MatrixError, AssetError, StoreError, SweepError, ExecutorError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: finished runs are stored; run the same command again to resume", file=sys.stderr)
         return 130
+
+
+# Errors that are the input's fault (printed as one line, exit 2), by the module defining them.
+USER_ERRORS = {"harness.assets": "AssetError", "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
+               "harness.store": "StoreError", "harness.sweep": "SweepError"}
+
+
+def _user_errors() -> tuple[type, ...]:
+    """The USER_ERRORS classes of the modules this command imported: an error cannot come from a
+    module that was never imported, so `validate` and `plan` need not import the store (pandas,
+    duckdb) and the sweep just to name their errors."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS.items() if module in sys.modules)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -255,8 +264,8 @@ def cmd_ingest(args) -> int:
     for root in roots:
         files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))
     store = Store(args.db)
-    for path in files:
-        store.write_record(records.read(path))
+    for start in range(0, len(files), INGEST_BATCH):  # one transaction per batch, not per record
+        store.write_records(records.read(path) for path in files[start:start + INGEST_BATCH])
     print(f"ingested {len(files)} records into {args.db}")
     return 0
 

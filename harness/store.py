@@ -202,13 +202,21 @@ class Store:
 
     def write_records(self, records: Iterable[RunRecord]) -> int:
         """`write_record` for many runs in one transaction, as columnar bulk inserts (ingesting
-        thousands of runs: a benchmark store, merging stores). Returns how many were written."""
-        records = list(records)
-        if not records:
+        thousands of runs: `harness ingest`, a benchmark store, merging stores). The store ends up
+        as `write_record` called on each in order would leave it: a run_id given twice keeps
+        its last record (and the matrix and sweep it was first written with), and is linked to
+        every matrix it came with. Returns how many distinct runs were written."""
+        given = list(records)
+        if not given:
             return 0
+        first = {}
+        for record in given:
+            first.setdefault(record.run_id, record)
+        records = list({record.run_id: record for record in given}.values())  # the last of each run_id
         runs = [record.to_dict() for record in records]
         for row in runs:
             row["config"], row["versions"] = json.dumps(row["config"], default=str), json.dumps(row["versions"])
+            row["matrix"], row["sweep"] = first[row["run_id"]].matrix, first[row["run_id"]].sweep
         tables = {
             "runs": _columns(RUN_COLUMNS, [tuple(row[c] for c in RUN_COLUMNS) for row in runs]),
             "metrics": _columns(("run_id", "kind", "name", "split", "value", "stderr"), [
@@ -219,7 +227,7 @@ class Store:
                 for r in records for c in r.curves]),
             "samples": _columns(("run_id", "idx", "input", "reference", "prediction"), [
                 (r.run_id, s["idx"], s["input"], s["reference"], s["prediction"]) for r in records for s in r.samples]),
-            "matrix_runs": _columns(("matrix", "run_id"), [(r.matrix, r.run_id) for r in records]),
+            "matrix_runs": _columns(("matrix", "run_id"), list(dict.fromkeys((r.matrix, r.run_id) for r in given))),
         }
         updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("run_id", "matrix", "sweep"))
         with self._connect() as con:
