@@ -314,8 +314,9 @@ class Store:
 
     def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
         """One row per model x method over the matrix's done runs of `task`: task metrics on the
-        test split (mean and std over seeds, n, and `_ci95`: the half-width of the 95% t-interval
-        of the mean, so the interval is mean +- _ci95), the primary metric on validation, and costs.
+        test split and on any extra test sets (mean and std over seeds, n, and `_ci95`: the
+        half-width of the 95% t-interval of the mean, so the interval is mean +- _ci95), the
+        primary metric on validation, and costs.
 
         When a method ran with several learning rates, the row is the learning rate with the
         best mean validation score (higher is better; ties go to the smaller rate); its test
@@ -334,7 +335,9 @@ class Store:
         wide = axes.join(values).reset_index()
         wide, lrs_tried = _best_lr_by_validation(wide, f"validation_{primary}")
         test_cols = [c for c in wide.columns if isinstance(c, str) and c.startswith("test_")]
+        extra_sets = long[(long["kind"] == "task") & ~long["split"].isin(["train", "validation", "test"])]
         ordered = [f"test_{primary}"] + sorted(c for c in test_cols if c != f"test_{primary}")
+        ordered += sorted(set(extra_sets["column"]))  # extra test sets (a task's eval_datasets)
         value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
         value_cols += [c for c in EFFICIENCY if c in wide]
         forgetting = sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("forgetting_"))

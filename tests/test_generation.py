@@ -252,6 +252,9 @@ training: {{epochs: 1, batch_size: 8, max_length: 48, eval_batch_size: 8}}
     samples = st.samples(trained)
     assert len(samples) == 3 and set(samples.columns) >= {"input", "reference", "prediction"}
     assert samples["reference"].iloc[0].split()[0] in NEGATIVE
+    board = st.leaderboard(f"tiny-{task}", task)
+    assert board.set_index("method").loc["lora", f"extra_{metric}"] == pytest.approx(
+        scored.set_index("split").loc["extra", "value"])
 
 
 def test_seq2seq_model_trains_and_generates(tmp_path, pairs):
