@@ -4,6 +4,7 @@ benches rest on: light commands import no ML library, and the batch write path t
 `harness ingest` uses leaves the store exactly as one `write_record` per record would."""
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
@@ -18,9 +19,9 @@ from harness.store import Store
 ROOT = Path(__file__).parents[1]
 
 
-def run_quick(script: str, timeout: int = 600) -> str:
-    done = subprocess.run([sys.executable, f"bench/{script}", "--quick"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+def run_quick(script: str, timeout: int = 600, extra: tuple[str, ...] = ()) -> str:
+    done = subprocess.run([sys.executable, f"bench/{script}", "--quick", *extra], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-5000:]
     return done.stdout
 
@@ -35,6 +36,17 @@ def seconds(line: str) -> float:
     found = re.search(r"(\d+\.\d+) s\b", line)
     assert found, line
     return float(found.group(1))
+
+
+def number_after(line: str, text: str) -> float:
+    """The number printed right after `text` in `line` (finite or not)."""
+    found = re.search(re.escape(text) + r" ([-+0-9.eE]+|nan|inf)", line)
+    assert found, f"no number after {text!r} in: {line}"
+    return float(found.group(1).rstrip("."))
+
+
+def positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def test_bench_startup_quick():
@@ -83,6 +95,69 @@ def test_bench_no_recompute_quick():
         assert line_with(out, "warm cache: process").endswith("imported none")
     else:
         assert "skipped: smollm2-135m, rotten_tomatoes not all cached" in out
+
+
+def test_bench_overhead_quick():
+    """Item 1: the tiny BERT through `harness sweep --in-process` and through the plain
+    transformers + peft script, the same data and steps: wall times, ratio, accuracies."""
+    out = run_quick("bench_overhead.py")
+    assert "run: tiny-bert, lora r 8 alpha 16 lr 0.002, 4 steps x batch 16" in out
+    accuracies = {}
+    for name in ("harness --in-process", "plain transformers + peft"):
+        line = line_with(out, f"  {name}: wall")
+        for field in ("wall", "train", "eval"):
+            assert positive(number_after(line, field)), line
+        assert number_after(line, "steps") == 4  # both trained the same number of steps
+        accuracies[name] = [number_after(line, split) for split in ("validation", "test")]
+        assert all(0 <= a <= 1 for a in accuracies[name]), line
+    assert "harness (worker process)" not in out  # full mode only
+    ratio = line_with(out, "ratio harness --in-process / plain: wall")
+    for field in ("wall", "train", "eval"):
+        assert positive(number_after(ratio, field)), ratio
+    assert "(target <= 1.05: " in ratio
+    difference = number_after(line_with(out, "accuracy difference harness --in-process vs plain:"), "plain:")
+    assert 0 <= difference <= 1
+    assert positive(number_after(line_with(out, "plain script phases"), "imports"))
+    assert "same trainable parameters harness --in-process and plain: yes" in out  # the same LoRA model
+
+
+def efficiency_fractions(out: str, method: str, dtype_peaks: tuple[str, ...]) -> None:
+    for who in ("harness", "plain loop"):
+        line = line_with(out, f"  {method} {who}: ")
+        assert positive(number_after(line, who + ":")), line  # seconds per step
+        for peak in dtype_peaks:
+            assert 0 < number_after(line, peak) < 1.5, line
+    assert positive(number_after(line_with(out, f"  {method} ratio harness / plain"), "(seconds per step):"))
+
+
+def test_bench_train_efficiency_quick():
+    """Item 2: matmul peaks, and the harness's training path and a plain loop on the tiny Llama
+    (full and LoRA) as fractions of the fp32 peak, with the step split and the top operators."""
+    out = run_quick("bench_train_efficiency.py")
+    peaks = line_with(out, "(a) matmul peak (512x512")
+    assert positive(number_after(peaks, "float32")) and positive(number_after(peaks, "bfloat16"))
+    assert "model tiny-llama, dtype float32, batch 4, max_length 32, 2 timed steps after 1 warm-up" in out
+    trainable = {}
+    for method in ("full", "lora"):
+        counts = line_with(out, f"  {method}: ")
+        trainable[method] = number_after(counts, "trainable")
+        assert positive(number_after(counts, "per step"))  # non-padding tokens
+        assert 0 <= number_after(counts, "(padding") < 100
+        assert positive(number_after(counts, "%),"))  # GFLOP per step
+        efficiency_fractions(out, method, ("fraction of the fp32 peak",))
+        assert "of the bf16 peak" not in line_with(out, f"  {method} harness: ")
+        assert "aten::" in line_with(out, f"  {method} top operators (plain, one step, self CPU):")
+        convention = line_with(out, f"  {method} at STACK.md's convention")
+        assert 0 < number_after(convention, "harness") < 1.5 and 0 < number_after(convention, "plain") < 1.5
+    assert "split: forward+loss" in out and "split: between steps (data, logging)" in out
+    assert 0 < trainable["lora"] < trainable["full"]
+
+
+def test_bench_train_efficiency_quick_bf16():
+    """The bf16 autocast path (LoRA only, no profiler): fractions of both peaks."""
+    out = run_quick("bench_train_efficiency.py", extra=("--dtype", "bfloat16", "--methods", "lora", "--no-profile"))
+    assert "dtype bfloat16" in out and "  full:" not in out and "top operators" not in out
+    efficiency_fractions(out, "lora", ("fraction of the fp32 peak", "of the bf16 peak"))
 
 
 def test_validate_and_the_plan_front_import_no_ml_library(tmp_path):
