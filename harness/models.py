@@ -30,6 +30,13 @@ class Placement:
     dtype: str  # compute dtype: "float32", "bfloat16" or "float16"
 
 
+def autocast(device: str, dtype):
+    """Mixed precision over float32 weights for `dtype` (a torch dtype; None or float32: none)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=dtype)
+
+
 def place(device: str = "auto", dtype: str = "auto") -> Placement:
     """Resolve 'auto' from the hardware: CUDA + bf16 (fp16 on GPUs without bf16), else CPU fp32."""
     if device == "auto":

@@ -91,22 +91,15 @@ def build_trainer(model, form, train_examples, val_examples, *, lr, training, pl
     decoders (it tokenizes, masks the prompt out of the loss and can pack), a plain Trainer on
     already-encoded features otherwise (classification, seq2seq generation)."""
     kwargs = _training_kwargs(lr, training, placement, seed, work_dir)
-    kind = getattr(form, "trainer", "plain")
-    if kind == "sft":
+    if getattr(form, "trainer", "plain") == "sft":
         return _sft_trainer(model, form, train_examples, val_examples, kwargs, training)
-    if kind == "seq2seq":
-        from transformers import DataCollatorForSeq2Seq
-
-        encode, collator, loss = form.seq2seq_features, DataCollatorForSeq2Seq(form.tokenizer, model=model), None
-    else:
-        encode, collator, loss = form.encode, form.collator(), form.compute_loss_func
     return Trainer(
         model=model,
         args=TrainingArguments(**kwargs),
-        train_dataset=encode(train_examples),
-        eval_dataset=encode(val_examples) if val_examples else None,
-        data_collator=collator,
-        compute_loss_func=loss,
+        train_dataset=form.encode(train_examples),
+        eval_dataset=form.encode(val_examples) if val_examples else None,
+        data_collator=form.collator(),
+        compute_loss_func=form.compute_loss_func,
     )
 
 

@@ -240,13 +240,14 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
     from tqdm.auto import tqdm
 
     from harness import metrics as metric_modules
+    from harness.models import autocast
 
     encoded = form.encode(examples)
     collate = form.collator()
     predictions, total_loss = [], 0.0
     model.eval()
     starts = range(0, len(encoded), batch_size)
-    with torch.inference_mode(), _autocast(device, autocast_dtype):
+    with torch.inference_mode(), autocast(device, autocast_dtype):
         for start in tqdm(starts, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
             batch = collate(encoded[start:start + batch_size])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
@@ -261,16 +262,6 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
         "loss": (total_loss / len(examples), None),
     }
     return results, predictions
-
-
-def _autocast(device: str, dtype):
-    import contextlib
-
-    import torch
-
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
 
 
 def sample_rows(options: dict, examples: list[dict], predictions: list[int]) -> list[dict]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import string
 from pathlib import Path
 from typing import Any
@@ -204,7 +205,7 @@ class TextToText:
         self.max_length = training["max_length"]
         self.use_chat = bool(options["chat_template"] and head == "causal_lm"
                              and getattr(tokenizer, "chat_template", None))
-        self.trainer = "sft" if head == "causal_lm" else "seq2seq"
+        self.trainer = "sft" if head == "causal_lm" else "plain"  # see harness/train.py build_trainer
 
     def _cut(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -227,12 +228,20 @@ class TextToText:
     def sft_rows(self, rows: list[dict]) -> list[dict]:
         return [{"prompt": self.prompt(r), "completion": self.completion(r)} for r in rows]
 
-    def seq2seq_features(self, rows: list[dict]) -> list[dict]:
+    # The plain Trainer's interface, used for seq2seq models (decoders train through sft_rows).
+    compute_loss_func = None  # the model's own loss on `labels`
+
+    def encode(self, rows: list[dict]) -> list[dict]:
         sources = self.tokenizer([self.prompt(r) for r in rows], truncation=True, max_length=self.max_length)
         targets = self.tokenizer(text_target=[r["target"] for r in rows], truncation=True,
                                  max_length=self.options["max_new_tokens"])
         return [{"input_ids": s, "attention_mask": m, "labels": t}
                 for s, m, t in zip(sources["input_ids"], sources["attention_mask"], targets["input_ids"])]
+
+    def collator(self):
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(self.tokenizer)
 
 
 # --------------------------------------------------------------------------- generation
@@ -243,12 +252,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     import torch
     from tqdm.auto import tqdm
 
+    from harness.models import autocast
+
     tokenizer.padding_side = "left" if not model.config.is_encoder_decoder else "right"
     eos = _eos_ids(model, tokenizer)
     outputs = []
     model.eval()
     starts = range(0, len(prompts), batch_size)
-    with torch.inference_mode(), _autocast(device, autocast_dtype):
+    with torch.inference_mode(), autocast(device, autocast_dtype):
         for start in tqdm(starts, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
             batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=bool(model.config.is_encoder_decoder)).to(device)
@@ -290,16 +301,6 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
     return text[:cut].strip()
 
 
-def _autocast(device: str, dtype):
-    import contextlib
-
-    import torch
-
-    if dtype is None or dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=dtype)
-
-
 # --------------------------------------------------------------------------- scoring
 
 def score_with(metric_fn, form: TextToText, model, examples: list[dict], batch_size: int, device: str,
@@ -316,12 +317,8 @@ def score_with(metric_fn, form: TextToText, model, examples: list[dict], batch_s
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, None
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(variance / n)
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
 
 
 def bootstrap_stderr(corpus_fn, predictions: list[str], references: list[str], rounds: int = 200,
@@ -335,8 +332,7 @@ def bootstrap_stderr(corpus_fn, predictions: list[str], references: list[str], r
     for _ in range(rounds):
         picks = [rng.randrange(n) for _ in range(n)]
         scores.append(corpus_fn([predictions[i] for i in picks], [references[i] for i in picks]))
-    mean = sum(scores) / rounds
-    return math.sqrt(sum((s - mean) ** 2 for s in scores) / (rounds - 1))
+    return statistics.stdev(scores)
 
 
 def sample_rows(options: dict, examples: list[dict], predictions: list[str]) -> list[dict]:
