@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harness.records import RunRecord  # noqa: E402
-from harness.store import Store  # noqa: E402
+from harness.records import RunRecord
+from harness.store import Store
 
 APP = ROOT / "dashboard" / "app.py"
 MODELS = [f"model-{i}" for i in range(10)]
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += render_times(store.path)
     print(f"dashboard benchmark: {n:,} runs, {os.cpu_count()} CPUs")
     for name, seconds in lines:
-        print(f"  {name:<48} {seconds:7.2f} s" if seconds == seconds else f"  {name}")
+        print(f"  {name:<48} {seconds:7.2f} s" if not math.isnan(seconds) else f"  {name}")
     return 0
 
 

@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = results[name]
         acc = runs[-1]["accuracy"]
         lines.append(f"  {name}: wall {median(runs, 'wall_s'):.2f} s (median of {len(runs)}; "
-                     f"{', '.join(format(r['wall_s'], '.2f') for r in runs)}), train {median(runs, 'train_s'):.2f} s, "
-                     f"eval {median(runs, 'eval_s'):.2f} s, steps {runs[-1]['steps']}, trainable {runs[-1]['trainable']:,}, "
+                     f"{', '.join(format(r['wall_s'], '.2f') for r in runs)}), train {median(runs, 'train_s'):.3f} s, "
+                     f"eval {median(runs, 'eval_s'):.4f} s, steps {runs[-1]['steps']}, trainable {runs[-1]['trainable']:,}, "
                      f"accuracy validation {acc['validation']:.4f} test {acc['test']:.4f}")
     lines.append(f"  plain script phases (median): imports {median(plain, 'import_s'):.2f} s, "
                  f"load + data {median(plain, 'load_s'):.2f} s, torch threads {plain[-1]['torch_threads']}")

@@ -339,12 +339,12 @@ def main(argv: list[str] | None = None) -> int:
                          f"{tokens:.0f} tokens, {computed:.0f} computed with padding "
                          f"(padding {1 - tokens / computed:.1%}), {flops / 1e9:.3g} GFLOP")
             h = harness_timing(marks, args.warmup)
-            lines.append(f"  {method} harness: {h['step']:.3f} s/step, {fractions(flops, h['step'])}")
+            lines.append(f"  {method} harness: {h['step']:.4f} s/step, {fractions(flops, h['step'])}")
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in h.items() if k != "step"))
 
             model, _, _, _ = load(path, method, options, training)
             p, step = plain_steps(model, batches, LR[method], args.dtype, args.warmup)
-            lines.append(f"  {method} plain loop: {p['step']:.3f} s/step, {fractions(flops, p['step'])}")
+            lines.append(f"  {method} plain loop: {p['step']:.4f} s/step, {fractions(flops, p['step'])}")
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in p.items() if k != "step"))
             lines.append(f"  {method} ratio harness / plain (seconds per step): {h['step'] / p['step']:.3f}")
             target = flops / h["step"] / peak["float32"]
