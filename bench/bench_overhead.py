@@ -17,7 +17,9 @@ data, training, scoring, and for the harness its store writes and artifact):
   examples are identical. Same tokenization (truncation to max_length, dynamic padding), same
   seed before the model is built (so the new classifier head starts the same), the same LoRA
   config, fused AdamW (the Trainer's default here), linear decay with no warm-up, gradient
-  clipping at 1.0 (the Trainer's default), then accuracy on validation and test.
+  clipping at 1.0 (the Trainer's default), training batches of similar length (transformers'
+  get_length_grouped_indices, what the harness's default `group_by_length` uses) and scoring
+  batches sorted by length (as the harness scores), then accuracy on validation and test.
 Repeats are interleaved (the variant order rotates each repeat) and the median is reported, so
 the machine's noise falls on every variant alike. The plain loop shuffles with its own generator,
 so its data order (and its accuracies) differ slightly from the Trainer's; same data, same steps.
@@ -82,6 +84,7 @@ def plain_run(cfg: dict) -> dict:
         get_linear_schedule_with_warmup,
         set_seed,
     )
+    from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from harness import assets
     from harness.tasks.classification import load_splits
@@ -113,10 +116,12 @@ def plain_run(cfg: dict) -> dict:
     steps, batch_size = training["max_steps"], training["batch_size"]
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, steps)
     order = torch.Generator().manual_seed(cfg["seed"])
+    lengths = [len(e["input_ids"]) for e in train]
     model.train()
     step, losses = 0, []
-    while step < steps:
-        perm = torch.randperm(len(train), generator=order).tolist()
+    while step < steps:  # batches of similar length, as the harness's default (`group_by_length`)
+        perm = (get_length_grouped_indices(lengths, batch_size, generator=order) if training["group_by_length"]
+                else torch.randperm(len(train), generator=order).tolist())
         for first in range(0, len(perm), batch_size):
             batch = collate([train[i] for i in perm[first:first + batch_size]])
             loss = model(**batch).loss
@@ -135,11 +140,15 @@ def plain_run(cfg: dict) -> dict:
     accuracy = {}
     with torch.inference_mode():
         for split in ("validation", "test"):
-            encoded, predictions = encode(splits[split]), []
+            encoded = encode(splits[split])
+            predictions = [0] * len(encoded)
+            longest_first = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]["input_ids"]))
             for first in range(0, len(encoded), training["eval_batch_size"]):
-                batch = collate(encoded[first:first + training["eval_batch_size"]])
+                indices = longest_first[first:first + training["eval_batch_size"]]
+                batch = collate([encoded[i] for i in indices])
                 batch.pop("labels")
-                predictions += model(**batch).logits.argmax(-1).tolist()
+                for i, predicted in zip(indices, model(**batch).logits.argmax(-1).tolist()):
+                    predictions[i] = predicted
             accuracy[split] = sum(p == e["label"] for p, e in zip(predictions, splits[split])) / len(predictions)
     done = time.perf_counter()
     return {"import_s": imported - start, "load_s": loaded - imported, "train_s": trained - loaded,

@@ -48,6 +48,10 @@ class TrainingConfig(Strict):
     gradient_accumulation_steps: int = Field(1, gt=0, le=65_536, description="steps accumulated per update")
     eval_batch_size: int = Field(32, gt=0, le=65_536, description="examples per scoring forward pass")
     max_length: int = Field(128, ge=8, le=32768, description="tokens per example (longer inputs are truncated)")
+    group_by_length: bool = Field(
+        True, description="train on batches of examples of similar length (transformers' "
+        "LengthGroupedSampler: random groups, little padding); false: uniformly shuffled batches"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(

@@ -135,6 +135,7 @@ def _training_kwargs(lr, training, placement, seed, work_dir) -> dict:
         "per_device_train_batch_size": training["batch_size"],
         "per_device_eval_batch_size": training["eval_batch_size"],
         "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+        "train_sampling_strategy": "group_by_length" if training["group_by_length"] else "random",
         "weight_decay": training["weight_decay"],
         "warmup_steps": training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
         "lr_scheduler_type": training["lr_scheduler"],

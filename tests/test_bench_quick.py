@@ -136,7 +136,11 @@ def test_bench_train_efficiency_quick():
     out = run_quick("bench_train_efficiency.py")
     peaks = line_with(out, "(a) matmul peak (512x512")
     assert positive(number_after(peaks, "float32")) and positive(number_after(peaks, "bfloat16"))
-    assert "model tiny-llama, dtype float32, batch 4, max_length 32, 2 timed steps after 1 warm-up" in out
+    assert ("model tiny-llama, dtype float32, batch 4, max_length 32, 2 timed steps after 1 warm-up step(s), "
+            "batches grouped by length") in out
+    padding = line_with(out, "(d) padding over one epoch (")
+    for order in ("uniformly shuffled", "grouped by length"):
+        assert 0 <= number_after(padding, order) < 100, padding
     trainable = {}
     for method in ("full", "lora"):
         counts = line_with(out, f"  {method}: ")
@@ -146,6 +150,7 @@ def test_bench_train_efficiency_quick():
         assert positive(number_after(counts, "%),"))  # GFLOP per step
         efficiency_fractions(out, method, ("fraction of the fp32 peak",))
         assert "of the bf16 peak" not in line_with(out, f"  {method} harness: ")
+        assert line_with(out, f"  {method} target harness >= 60% of the fp32 peak: ").endswith(("met", "not met"))
         assert "aten::" in line_with(out, f"  {method} top operators (plain, one step, self CPU):")
         convention = line_with(out, f"  {method} at STACK.md's convention")
         assert 0 < number_after(convention, "harness") < 1.5 and 0 < number_after(convention, "plain") < 1.5
@@ -154,9 +159,13 @@ def test_bench_train_efficiency_quick():
 
 
 def test_bench_train_efficiency_quick_bf16():
-    """The bf16 autocast path (LoRA only, no profiler): fractions of both peaks."""
-    out = run_quick("bench_train_efficiency.py", extra=("--dtype", "bfloat16", "--methods", "lora", "--no-profile"))
+    """The bf16 autocast path (LoRA only, no profiler, uniformly shuffled batches): fractions of
+    both peaks, the target against the bf16 peak."""
+    out = run_quick("bench_train_efficiency.py", extra=("--dtype", "bfloat16", "--methods", "lora", "--no-profile",
+                                                         "--no-group-by-length"))
     assert "dtype bfloat16" in out and "  full:" not in out and "top operators" not in out
+    assert "uniformly shuffled batches" in out
+    assert "lora target harness >= 60% of the bf16 peak: " in out
     efficiency_fractions(out, "lora", ("fraction of the fp32 peak", "of the bf16 peak"))
 
 

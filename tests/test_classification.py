@@ -90,6 +90,47 @@ def test_score_reports_accuracy_f1_loss(tiny_models, tiny_dataset):
     assert 0 <= scores["f1_macro"][0] <= 1 and scores["loss"][0] > 0
 
 
+def test_length_sorted_scoring_keeps_each_prediction_with_its_example(tiny_models, tiny_dataset):
+    """Batches are formed by length, predictions come back in the examples' order: the same as
+    scoring one example at a time."""
+    _, model, form = decoder_form(tiny_models)
+    examples = task.load_splits(options(tiny_dataset, train_size=10, val_size=5, test_size=30))["test"]
+    batched, predictions = task.score(form, model, examples, 8, "cpu")
+    alone, one_by_one = task.score(form, model, examples, 1, "cpu")
+    assert predictions == one_by_one
+    assert batched["loss"][0] == pytest.approx(alone["loss"][0], rel=1e-5)
+
+
+def test_by_length_batches_every_index_once_longest_first():
+    from harness.tasks.batches import by_length
+
+    lengths = [3, 9, 1, 9, 5, 2, 7]
+    batches = by_length(lengths, 3)
+    assert batches == [[1, 3, 6], [4, 0, 5], [2]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert by_length([], 4) == []
+
+
+@pytest.mark.parametrize(("group", "sampler"), [(True, "LengthGroupedSampler"), (False, "RandomSampler")])
+def test_training_batches_grouped_by_length_unless_turned_off(tiny_models, tmp_path, group, sampler):
+    from harness.train import build_trainer
+
+    _, model, _ = decoder_form(tiny_models)
+    training = TrainingConfig(device="cpu", dtype="float32", batch_size=4, group_by_length=group).model_dump()
+    tokenizer = models.load_tokenizer(str(tiny_models["decoder"]), "decoder")
+    form = task.formulation("causal_lm", tokenizer, task.Options().model_dump(), training)
+    words = "the movie was very quite really boring and tedious with a bland plot and dull acting".split()
+    train = [{"text": " ".join(words[:1 + (7 * i) % len(words)]), "label": i % 2} for i in range(64)]
+    trainer = build_trainer(model, form, train, None, lr=1e-3, training=training,
+                            placement=models.place("cpu", "float32"), seed=0, work_dir=tmp_path)
+    assert type(trainer._get_train_sampler()).__name__ == sampler
+    if group:  # batches of similar length: less padding than uniformly shuffled ones
+        lengths = [len(e["input_ids"]) for e in trainer.train_dataset]
+        order = list(trainer._get_train_sampler())
+        padded = sum(max(lengths[i] for i in order[s:s + 4]) * len(order[s:s + 4]) for s in range(0, 64, 4))
+        assert padded < sum(max(lengths[i] for i in range(s, s + 4)) * 4 for s in range(0, 64, 4))
+
+
 def test_label_names_must_start_with_distinct_tokens(tiny_models):
     tokenizer = models.load_tokenizer(str(tiny_models["decoder"]), "decoder")
     opts = task.Options(label_names=["positive", "positive"]).model_dump()

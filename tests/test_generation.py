@@ -12,9 +12,8 @@ from harness import assets, matrix, tasks
 from harness.tasks import generation
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, _tokenizer, write_matrix
 
-TRAINING = {"max_length": 64, "batch_size": 4, "eval_batch_size": 4, "epochs": 1, "max_steps": None,
-            "gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0, "lr_scheduler": "linear",
-            "eval_steps": None, "device": "cpu", "dtype": "float32", "keep_artifact": False}
+TRAINING = matrix.TrainingConfig(max_length=64, batch_size=4, eval_batch_size=4, device="cpu", dtype="float32",
+                                  keep_artifact=False).model_dump()
 CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
                  "{% if add_generation_prompt %}<s> assistant : {% endif %}")
 

@@ -241,18 +241,20 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
 
     from harness import metrics as metric_modules
     from harness.models import autocast
+    from harness.tasks.batches import by_length
 
     encoded = form.encode(examples)
     collate = form.collator()
-    predictions, total_loss = [], 0.0
+    predictions, total_loss = [0] * len(encoded), 0.0
     model.eval()
-    starts = range(0, len(encoded), batch_size)
+    batches = by_length([len(e["input_ids"]) for e in encoded], batch_size)
     with torch.inference_mode(), autocast(device, autocast_dtype):
-        for start in tqdm(starts, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
-            batch = collate(encoded[start:start + batch_size])
+        for indices in tqdm(batches, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
+            batch = collate([encoded[i] for i in indices])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             logits, loss = form.logits_and_loss(model, batch)
-            predictions += logits.argmax(-1).tolist()
+            for i, predicted in zip(indices, logits.argmax(-1).tolist()):
+                predictions[i] = predicted
             total_loss += float(loss)
     references = [e["label"] for e in examples]
     accuracy = metric_modules.compute("accuracy", predictions, references)["accuracy"]

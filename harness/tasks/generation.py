@@ -253,23 +253,27 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
     from tqdm.auto import tqdm
 
     from harness.models import autocast
+    from harness.tasks.batches import by_length
 
     tokenizer.padding_side = "left" if not model.config.is_encoder_decoder else "right"
     eos = _eos_ids(model, tokenizer)
-    outputs = []
+    special = bool(model.config.is_encoder_decoder)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+    outputs = [""] * len(prompts)
     model.eval()
-    starts = range(0, len(prompts), batch_size)
     with torch.inference_mode(), autocast(device, autocast_dtype):
-        for start in tqdm(starts, desc=f"  {label}", unit="batch", leave=False, disable=label is None):
-            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=bool(model.config.is_encoder_decoder)).to(device)
+        for indices in tqdm(by_length(lengths, batch_size), desc=f"  {label}", unit="batch", leave=False,
+                            disable=label is None):
+            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
+                              add_special_tokens=special).to(device)
             start_at = 1 if model.config.is_encoder_decoder else batch["input_ids"].shape[1]
             generated = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
                 pad_token_id=tokenizer.pad_token_id, stopping_criteria=_stop_criteria(tokenizer, stop, start_at),
             )
             new_tokens = generated[:, start_at:]
-            outputs += [cut_at_stop(t, stop) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for i, text in zip(indices, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                outputs[i] = cut_at_stop(text, stop)
     return outputs
 
 
