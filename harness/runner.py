@@ -17,7 +17,7 @@ import traceback
 from importlib import metadata
 from pathlib import Path
 
-from harness import assets, methods, tasks
+from harness import assets, methods, metrics, tasks
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
@@ -86,6 +86,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     from harness.train import peak_memory, train
 
     task = tasks.REGISTRY[spec.task]
+    metrics.load_in_background(task.METRIC_MODULES)
     method = methods.REGISTRY[spec.method]
     training = spec.training
     placement = models.place(training["device"], training["dtype"])

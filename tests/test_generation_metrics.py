@@ -132,6 +132,20 @@ def test_the_modules_load_through_evaluate():
     assert metrics.load("bleu").name == metrics.load("sacrebleu").name
 
 
+def test_every_task_s_metric_modules_are_shipped_and_load_in_the_background():
+    from harness import tasks
+
+    for task in tasks.REGISTRY.values():
+        for name in task.METRIC_MODULES:
+            assert (metrics.HERE / name / f"{name}.py").exists(), (task.NAME, name)
+    metrics._load.cache_clear()
+    metrics.load_in_background(["accuracy", "no-such-metric-module"])  # the bad name fails quietly there
+    loaded = metrics.load("accuracy")  # waits for the loader, then takes its module
+    assert not metrics._loaders and metrics._load.cache_info().hits == 1
+    assert metrics.compute("accuracy", [1, 0, 1], [1, 1, 1])["accuracy"] == pytest.approx(2 / 3)
+    assert metrics.load("accuracy") is loaded
+
+
 @pytest.mark.parametrize("text, sentences", [
     ("The cat sat. The dog ran.", ["The cat sat.", "The dog ran."]),
     ("Is it? Yes! Really... 42 times.", ["Is it?", "Yes!", "Really...", "42 times."]),

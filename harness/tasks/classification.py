@@ -28,6 +28,7 @@ from harness.tasks import tables
 NAME = "sentiment"
 PRIMARY_METRIC = "accuracy"
 METRICS = ("accuracy", "f1_macro")
+METRIC_MODULES = ("accuracy", "f1")  # the evaluate modules score() uses
 HIGHER_IS_BETTER = True
 SPLITS = ("train", "validation", "test")
 

@@ -18,6 +18,7 @@ from harness.tasks.generation import check_options, head_for, sample_rows  # noq
 NAME = "instruction"
 PRIMARY_METRIC = "rougeL"
 METRICS = ("rougeL", "rouge1", "rouge2")
+METRIC_MODULES = ("rouge",)  # the evaluate module score() uses
 HIGHER_IS_BETTER = True
 
 

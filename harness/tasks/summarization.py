@@ -17,6 +17,7 @@ from harness.tasks.generation import check_options, head_for, sample_rows  # noq
 NAME = "summarization"
 PRIMARY_METRIC = "rougeL"
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+METRIC_MODULES = ("rouge",)  # the evaluate module score() uses
 HIGHER_IS_BETTER = True
 
 

@@ -18,6 +18,7 @@ from harness.tasks.generation import check_options, head_for, sample_rows  # noq
 NAME = "translation"
 PRIMARY_METRIC = "bleu"
 METRICS = ("bleu", "chrf")
+METRIC_MODULES = ("sacrebleu", "chrf")  # the evaluate modules score() uses
 HIGHER_IS_BETTER = True
 
 
