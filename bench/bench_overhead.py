@@ -17,9 +17,10 @@ data, training, scoring, and for the harness its store writes and artifact):
   examples are identical. Same tokenization (truncation to max_length, dynamic padding), same
   seed before the model is built (so the new classifier head starts the same), the same LoRA
   config, fused AdamW (the Trainer's default here), linear decay with no warm-up, gradient
-  clipping at 1.0 (the Trainer's default), training batches of similar length (transformers'
-  get_length_grouped_indices, what the harness's default `group_by_length` uses) and scoring
-  batches sorted by length (as the harness scores), then accuracy on validation and test.
+  clipping at 1.0 (the Trainer's default), uniformly shuffled training batches (or, with the
+  matrix's `group_by_length: true`, transformers' get_length_grouped_indices as the harness)
+  and scoring batches sorted by length (as the harness scores), then accuracy on validation
+  and test.
 Repeats are interleaved (the variant order rotates each repeat) and the median is reported, so
 the machine's noise falls on every variant alike. The plain loop shuffles with its own generator,
 so its data order (and its accuracies) differ slightly from the Trainer's; same data, same steps.
@@ -119,7 +120,7 @@ def plain_run(cfg: dict) -> dict:
     lengths = [len(e["input_ids"]) for e in train]
     model.train()
     step, losses = 0, []
-    while step < steps:  # batches of similar length, as the harness's default (`group_by_length`)
+    while step < steps:  # the harness's training order: shuffled, or grouped by length when asked
         perm = (get_length_grouped_indices(lengths, batch_size, generator=order) if training["group_by_length"]
                 else torch.randperm(len(train), generator=order).tolist())
         for first in range(0, len(perm), batch_size):

@@ -319,9 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="full,lora", help="comma-separated: full, lora (default both)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="training compute dtype (bfloat16: autocast over float32 weights)")
-    parser.add_argument("--no-group-by-length", action="store_true",
-                        help="uniformly shuffled batches (the harness's `group_by_length: false`) instead of "
-                        "batches of similar length (its default)")
+    parser.add_argument("--group-by-length", action="store_true",
+                        help="batches of similar length (the harness's `group_by_length: true`) instead of "
+                        "uniformly shuffled ones (its default)")
     parser.add_argument("--matmul-size", type=int, help="n of the n x n peak matmuls (default 2048; --quick 512)")
     parser.add_argument("--no-profile", action="store_true", help="skip the torch.profiler step")
     args = parser.parse_args(argv)
@@ -360,13 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         path, options = setup(args, tmp)
         training = TrainingConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size,
                                   max_length=args.max_length, device="cpu", dtype=args.dtype,
-                                  group_by_length=not args.no_group_by_length).model_dump()
+                                  group_by_length=args.group_by_length).model_dump()
         placement = models.place("cpu", args.dtype)
         examples = load_splits(options, str(tmp))["train"]
         lines.append(f"(b, c) model {'tiny-llama' if args.quick else 'smollm2-135m'}, dtype {args.dtype}, "
                      f"batch {args.batch_size}, max_length {args.max_length}, {args.steps} timed steps after "
                      f"{args.warmup} warm-up step(s), "
-                     f"{'uniformly shuffled batches' if args.no_group_by_length else 'batches grouped by length'}")
+                     f"{'batches grouped by length' if args.group_by_length else 'uniformly shuffled batches'}")
         lines.append(padding_line(args, path, options, str(tmp)))
         for method in chosen:
             model, form, weights, trainable = load(path, method, options, training)

@@ -49,8 +49,9 @@ class TrainingConfig(Strict):
     eval_batch_size: int = Field(32, gt=0, le=65_536, description="examples per scoring forward pass")
     max_length: int = Field(128, ge=8, le=32768, description="tokens per example (longer inputs are truncated)")
     group_by_length: bool = Field(
-        True, description="train on batches of examples of similar length (transformers' "
-        "LengthGroupedSampler: random groups, little padding); false: uniformly shuffled batches"
+        False, description="train on batches of examples of similar length (transformers' "
+        "LengthGroupedSampler): far less padding, so faster, but a different order of examples; "
+        "docs/PERFORMANCE.md measures both. Default: uniformly shuffled batches"
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")
@@ -76,6 +77,9 @@ class TrainingConfig(Strict):
 
 # Fields that do not change a run's result: left out of the run_id.
 NON_RESULT_FIELDS = {"keep_artifact", "num_samples"}
+# Training options added after runs were stored, at the value that behaves as before they
+# existed: left out of the run_id, so those stored runs keep their ids.
+ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False}
 
 
 class Selector(Strict):
@@ -179,7 +183,8 @@ class RunSpec:
             "method_options": results_only(self.method_options),
             "task": self.task,
             "task_options": task_options,
-            "training": results_only(self.training),
+            "training": {k: v for k, v in results_only(self.training).items()
+                         if k not in ADDED_AT_OLD_BEHAVIOUR or v != ADDED_AT_OLD_BEHAVIOUR[k]},
             "seed": self.seed,
         }
 

@@ -137,7 +137,7 @@ def test_bench_train_efficiency_quick():
     peaks = line_with(out, "(a) matmul peak (512x512")
     assert positive(number_after(peaks, "float32")) and positive(number_after(peaks, "bfloat16"))
     assert ("model tiny-llama, dtype float32, batch 4, max_length 32, 2 timed steps after 1 warm-up step(s), "
-            "batches grouped by length") in out
+            "uniformly shuffled batches") in out
     padding = line_with(out, "(d) padding over one epoch (")
     for order in ("uniformly shuffled", "grouped by length"):
         assert 0 <= number_after(padding, order) < 100, padding
@@ -159,12 +159,12 @@ def test_bench_train_efficiency_quick():
 
 
 def test_bench_train_efficiency_quick_bf16():
-    """The bf16 autocast path (LoRA only, no profiler, uniformly shuffled batches): fractions of
+    """The bf16 autocast path (LoRA only, no profiler, batches grouped by length): fractions of
     both peaks, the target against the bf16 peak."""
     out = run_quick("bench_train_efficiency.py", extra=("--dtype", "bfloat16", "--methods", "lora", "--no-profile",
-                                                         "--no-group-by-length"))
+                                                         "--group-by-length"))
     assert "dtype bfloat16" in out and "  full:" not in out and "top operators" not in out
-    assert "uniformly shuffled batches" in out
+    assert "batches grouped by length" in out
     assert "lora target harness >= 60% of the bf16 peak: " in out
     efficiency_fractions(out, "lora", ("fraction of the fp32 peak", "of the bf16 peak"))
 

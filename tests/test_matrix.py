@@ -158,6 +158,12 @@ def test_run_id_changes_with_results_not_with_bookkeeping(tmp_path):
     assert base[("minilm-l6", "full", 0)] != lr[("minilm-l6", "full", 0)]
     assert base[("minilm-l6", "lora", 0)] == lr[("minilm-l6", "lora", 0)]
     assert keep == base
+    # an option added later: at its old behaviour the stored runs keep their ids, otherwise new ones
+    for value, same in (("false", True), ("true", False)):
+        grouped = {(r.model, r.method, r.seed): r.run_id for r in load_text(
+            tmp_path, VALID.replace("batch_size: 8}", f"batch_size: 8, group_by_length: {value}}}"), "d.yaml").runs}
+        assert (grouped == base) is same
+        assert not set(grouped.values()) & set(base.values()) or same
 
 
 def test_run_spec_round_trips(tmp_path):
