@@ -27,6 +27,7 @@ so its data order (and its accuracies) differ slightly from the Trainer's; same 
 
     python bench/bench_overhead.py                # 3 repeats x 3 variants of the MiniLM run
     python bench/bench_overhead.py --repeats 5
+    python bench/bench_overhead.py --steps 96     # a 4x longer run: the fixed cost's share shrinks
     python bench/bench_overhead.py --quick        # a tiny BERT built in code, 1 repeat, 4 steps
 """
 from __future__ import annotations
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="tiny BERT built in code, 4 steps, 1 repeat, no worker-process variant (checks the bench)")
     parser.add_argument("--repeats", type=int, default=None, help="runs of each variant, interleaved (default 3)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps of the run (default 24, one epoch; --quick 4): the harness's fixed "
+                        "cost is per sweep, so longer runs show a smaller ratio")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     names = QUICK_VARIANTS if args.quick else list(VARIANTS)
@@ -248,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="harness-bench-overhead-") as tmp:
         tmp = Path(tmp)
         cfg = tiny_assets(tmp) if args.quick else FULL
+        if args.steps:
+            cfg = {**cfg, "training": {**cfg["training"], "max_steps": args.steps}}
         matrix_path = write_matrix(tmp, cfg)
         plain_cfg = plain_config(cfg, matrix_path)
         t = plain_cfg["training"]
