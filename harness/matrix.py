@@ -49,9 +49,9 @@ class TrainingConfig(Strict):
     eval_batch_size: int = Field(32, gt=0, le=65_536, description="examples per scoring forward pass")
     max_length: int = Field(128, ge=8, le=32768, description="tokens per example (longer inputs are truncated)")
     group_by_length: bool = Field(
-        False, description="train on batches of examples of similar length (transformers' "
-        "LengthGroupedSampler): far less padding, so faster, but a different order of examples; "
-        "docs/PERFORMANCE.md measures both. Default: uniformly shuffled batches"
+        False, description="train on batches of examples of similar length, drawn in random order: "
+        "far less padding, so faster, but another order of examples (docs/PERFORMANCE.md measures "
+        "both). Default: uniformly shuffled batches"
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of steps with linear warm-up")

@@ -111,7 +111,7 @@ def test_by_length_batches_every_index_once_longest_first():
     assert by_length([], 4) == []
 
 
-@pytest.mark.parametrize(("group", "sampler"), [(True, "LengthGroupedSampler"), (False, "RandomSampler")])
+@pytest.mark.parametrize(("group", "sampler"), [(True, "_ShuffledLengthGroups"), (False, "RandomSampler")])
 def test_training_batches_grouped_by_length_unless_turned_off(tiny_models, tmp_path, group, sampler):
     from harness.train import build_trainer
 
@@ -125,10 +125,20 @@ def test_training_batches_grouped_by_length_unless_turned_off(tiny_models, tmp_p
                             placement=models.place("cpu", "float32"), seed=0, work_dir=tmp_path)
     assert type(trainer._get_train_sampler()).__name__ == sampler
     if group:  # batches of similar length: less padding than uniformly shuffled ones
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
         lengths = [len(e["input_ids"]) for e in trainer.train_dataset]
+        torch.manual_seed(0)
         order = list(trainer._get_train_sampler())
+        assert sorted(order) == list(range(64))
         padded = sum(max(lengths[i] for i in order[s:s + 4]) * len(order[s:s + 4]) for s in range(0, 64, 4))
         assert padded < sum(max(lengths[i] for i in range(s, s + 4)) * 4 for s in range(0, 64, 4))
+        # the same batches transformers' grouping makes, in a random order instead of longest first
+        torch.manual_seed(0)
+        theirs = get_length_grouped_indices(lengths, 4)
+        batches = [tuple(order[s:s + 4]) for s in range(0, 64, 4)]
+        assert sorted(batches) == sorted(tuple(theirs[s:s + 4]) for s in range(0, 64, 4))
+        assert batches != [tuple(theirs[s:s + 4]) for s in range(0, 64, 4)]
 
 
 def test_label_names_must_start_with_distinct_tokens(tiny_models):

@@ -141,6 +141,21 @@ def test_loss_only_on_the_completion_and_eos(decoder, pairs, tmp_path):
     assert batch["labels"][0].tolist() == example["labels"]
 
 
+def test_sft_batches_can_be_grouped_by_length(decoder, pairs, tmp_path):
+    from harness.models import Placement
+    from harness.train import build_trainer
+
+    model, tokenizer = decoder
+    training = {**TRAINING, "group_by_length": True}
+    form = generation.TextToText("causal_lm", tokenizer, options("translation", pairs, prompt="{input}"), training)
+    rows = [{"input": " ".join(["great"] * (1 + i % 7)), "target": "fun"} for i in range(32)]
+    trainer = build_trainer(model, form, rows, None, lr=1e-3, training=training,
+                            placement=Placement("cpu", "float32"), seed=0, work_dir=tmp_path)
+    sampler = trainer._get_train_sampler()
+    assert type(sampler).__name__ == "_ShuffledLengthGroups"
+    assert sorted(sampler) == list(range(32))
+
+
 def test_packing_fills_sequences(decoder, pairs, tmp_path):
     from harness.models import Placement
     from harness.train import build_trainer
