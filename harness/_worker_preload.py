@@ -26,10 +26,3 @@ try:
         import harness.train  # noqa: F401
 except Exception:  # noqa: BLE001 - the worker imports what it needs itself
     pass
-
-import gc  # noqa: E402
-
-# The preloaded objects move to the permanent generation: a worker's garbage collections then
-# never walk them, so they neither cost time nor copy the server's memory pages into every worker.
-gc.collect()
-gc.freeze()
