@@ -257,15 +257,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, stop:
 
     tokenizer.padding_side = "left" if not model.config.is_encoder_decoder else "right"
     eos = _eos_ids(model, tokenizer)
-    special = bool(model.config.is_encoder_decoder)
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=special)["input_ids"]]
+    encoded = tokenizer(prompts, add_special_tokens=bool(model.config.is_encoder_decoder))
     outputs = [""] * len(prompts)
     model.eval()
     with torch.inference_mode(), autocast(device, autocast_dtype):
-        for indices in tqdm(by_length(lengths, batch_size), desc=f"  {label}", unit="batch", leave=False,
-                            disable=label is None):
-            batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
-                              add_special_tokens=special).to(device)
+        for indices in tqdm(by_length([len(ids) for ids in encoded["input_ids"]], batch_size), desc=f"  {label}",
+                            unit="batch", leave=False, disable=label is None):
+            batch = tokenizer.pad({key: [encoded[key][i] for i in indices] for key in encoded},
+                                  return_tensors="pt").to(device)
             start_at = 1 if model.config.is_encoder_decoder else batch["input_ids"].shape[1]
             generated = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=eos,
