@@ -14,7 +14,7 @@ from harness.methods.common import count_parameters
 from harness.tasks import classification as task
 
 HEADS = {"encoder": "sequence_classification", "decoder": "causal_lm"}
-PEFT_METHODS = ("lora", "qlora", "ia3", "prefix", "prompt")
+PEFT_METHODS = ("lora", "qlora", "ia3", "prompt")
 # methods whose fresh adapter leaves the model's function unchanged
 STARTS_AS_BASE = ("full", "transfer", "lora", "qlora", "ia3")
 EXAMPLES = [{"text": t, "label": y} for t, y in [
@@ -68,6 +68,8 @@ def reload(method, path, family, artifact, options):
     from peft import PeftModel
 
     base, form = fresh(path, family, method)
+    if method == "prefix":  # peft for decoders, the harness's own injection for encoders
+        return REGISTRY[method].load(base, artifact), form
     if method in PEFT_METHODS:
         return PeftModel.from_pretrained(base, artifact), form
     if method == "full":

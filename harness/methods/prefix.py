@@ -1,14 +1,19 @@
-"""`prefix`: prefix tuning (Li & Liang 2021) through peft - learned key/value vectors
-prepended to every attention layer, optionally produced by a reparametrization MLP."""
+"""`prefix`: prefix tuning (Li & Liang 2021) - learned key/value vectors prepended to every
+attention layer, optionally produced by a reparametrization MLP. Decoders go through peft;
+encoders through harness.methods.encoder_prefix (peft's encoder path relies on an argument
+transformers 5.24 renamed: see that module)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, peft_task_type
-from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
+from harness.methods import encoder_prefix
+from harness.methods.common import TrainedOptions, peft_task_type, save_pretrained
 
 NAME = "prefix"
 TRAINS = True
+LM_HEADS = ("causal_lm", "seq2seq_lm")  # peft's past_key_values path works for these
 
 
 class Options(TrainedOptions):
@@ -23,6 +28,8 @@ class Options(TrainedOptions):
 
 
 def apply(model, options: dict, family: str, head: str):
+    if head not in LM_HEADS:
+        return encoder_prefix.apply(model, options)
     from peft import PrefixTuningConfig, get_peft_model
 
     config = PrefixTuningConfig(
@@ -33,3 +40,20 @@ def apply(model, options: dict, family: str, head: str):
     )
     return get_peft_model(model, config)
 
+
+def save(model, path: Path) -> None:
+    """peft's adapter folder for decoders; the prefix and head tensors for encoders."""
+    prefix = getattr(model, "harness_prefix", None)
+    if prefix is None:
+        save_pretrained(model, path)
+    else:
+        encoder_prefix.save(model, path, prefix.options)
+
+
+def load(model, path: Path):
+    """The tuned model from a saved artifact and a fresh base model with the same head."""
+    if (Path(path) / encoder_prefix.CONFIG_FILE).exists():
+        return encoder_prefix.load(model, path)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, path)
