@@ -54,6 +54,11 @@ def leaderboard(store: Store, f: Filters) -> None:
     st.download_button("Download this table as CSV", board.to_csv(index=False).encode(),
                        file_name=f"{f.matrix}_{f.task}.csv", mime="text/csv", on_click="ignore",
                        help="the rows and columns shown, as `harness export` writes them")
+    unfinished = board[board["status"] != "done"] if "status" in board else board.iloc[:0]
+    if len(unfinished):
+        st.warning("Not every cell has a result: " + "; ".join(
+            f"{r.model} x {r.method}: {r.status}" + (f" ({r.error})" if isinstance(r.error, str) else "")
+            for r in unfinished.itertuples()))
     st.caption("One row per model x method: means over seeds, `_std` = standard deviation over seeds, "
                "`_ci95` = half-width of the mean's 95% confidence interval (t, n_seeds - 1 d.o.f.), "
                "`n_seeds` = finished runs. Test metrics are on the task's held-out test split.")
@@ -64,8 +69,8 @@ def leaderboard(store: Store, f: Filters) -> None:
 def _column_config(board: pd.DataFrame) -> dict:
     config = {}
     for col in board.columns:
-        if col in ("model", "method"):
-            continue
+        if col in ("model", "method") or not pd.api.types.is_numeric_dtype(board[col]):
+            continue  # text: the status, runs and error of each cell
         if col in ("trainable_params", "total_params", "n_seeds", "lrs_tried"):
             fmt = "localized"
         elif col == "lr":
@@ -158,6 +163,7 @@ def run_detail(store: Store, f: Filters) -> None:
     st.subheader(f"{run['model']} x {run['method']} x {run['task']}, seed {run['seed']}: {run['status']}")
     st.caption(f"run {run_id}, sweep {run['sweep']}, host {run['host']}, "
                f"started {run['started_at']}, finished {run['finished_at']}")
+    st.caption(provenance_line(run["versions"]))
     if run["error"]:
         st.error(run["error"])
     if run["traceback"]:
@@ -170,6 +176,17 @@ def run_detail(store: Store, f: Filters) -> None:
     st.json(run["config"], expanded=2)
     st.markdown("**Versions**")
     st.json(run["versions"], expanded=False)
+
+
+def provenance_line(versions: dict) -> str:
+    """The code and the environment a run came from (harness.provenance)."""
+    revision = versions.get("git_revision")
+    code = "code: not a git checkout" if not revision else (
+        f"code: git {revision[:12]}" + (" with uncommitted changes" if versions.get("git_dirty") == "true" else ""))
+    lock = versions.get("lock_sha256")
+    env = f"requirements.lock sha256 {lock[:12]}" if lock else "no requirements.lock"
+    libraries = ", ".join(f"{k} {versions[k]}" for k in ("torch", "transformers", "peft") if k in versions)
+    return f"{code}; {env}; {libraries}"
 
 
 def _probes(store: Store, run_id: str) -> None:

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=True,
                    help="run failed runs again (default); --no-retry-failed keeps them as they are")
     p.add_argument("--quiet", action="store_true", help="no training progress bars")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 unless every run is done (default: 0 when every run is done or skipped as "
+                   "not applicable, 3 when some failed)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: worker processes on this machine (default); ray: one Ray task per run")
     p.add_argument("--workers", type=int, metavar="N",
@@ -152,12 +155,25 @@ def cmd_sweep(args) -> int:
         if not board.empty:
             print(f"\nmatrix {loaded.name}, task {task} (test split; `harness export` writes the full table)")
             print(board[_summary_columns(board)].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    return 1 if summary.failed else 0
+    return _sweep_exit_code(summary, strict=args.strict)
+
+
+EXIT_SOME_FAILED = 3
+
+
+def _sweep_exit_code(summary, *, strict: bool) -> int:
+    """0 when every run ended done or skipped (not applicable); 3 when the sweep finished but some
+    runs failed (named above, and in the leaderboard's status/error columns); with --strict, 1
+    when any run is not done."""
+    failed = summary.failed + summary.not_retried
+    if strict:
+        return 1 if failed or summary.not_applicable else 0
+    return EXIT_SOME_FAILED if failed else 0
 
 
 def _summary_columns(board) -> list[str]:
-    primary = next(c for c in board.columns if c.startswith("test_"))  # the leaderboard puts it first
-    wanted = ["model", "method", "n_seeds", primary, "trainable_pct", "train_time_s", "peak_memory_mb"]
+    primary = next((c for c in board.columns if c.startswith("test_")), None)  # the leaderboard puts it first
+    wanted = ["model", "method", "n_seeds", primary, "trainable_pct", "train_time_s", "peak_memory_mb", "status"]
     if f"{primary}_ci95" in board and board[f"{primary}_ci95"].notna().any():
         wanted.insert(4, f"{primary}_ci95")
     return [c for c in wanted if c in board.columns]

@@ -9,22 +9,16 @@ import contextlib
 import datetime as dt
 import gc
 import math
-import platform
 import shutil
 import socket
 import time
 import traceback
-from importlib import metadata
 from pathlib import Path
 
-from harness import assets, methods, metrics, tasks
+from harness import assets, methods, metrics, provenance, tasks
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
-
-VERSIONED = ("harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
-             "bitsandbytes", "lm_eval")
-
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(timespec="seconds")
@@ -35,18 +29,8 @@ def new_record(spec: RunSpec, sweep: str, status: str = "pending") -> RunRecord:
         run_id=spec.run_id, matrix=spec.matrix, sweep=sweep, model=spec.model, method=spec.method,
         task=spec.task, seed=spec.seed, config=spec.to_dict(), status=status,
         primary_metric=tasks.REGISTRY[spec.task].PRIMARY_METRIC,
-        host=socket.gethostname(), versions=versions(),
+        host=socket.gethostname(), versions=provenance.versions(),
     )
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
 
 
 def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) -> RunRecord:
@@ -109,6 +93,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     record.add_metric("efficiency", "trainable_params", trainable)
     record.add_metric("efficiency", "total_params", total)
     record.add_metric("efficiency", "trainable_pct", 100.0 * trainable / total)
+    if method.TRAINS:
+        _check_method_runs(spec, model, tokenizer, form, splits["train"], family)
 
     autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
     with peak_memory(placement.device) as peak:
@@ -135,6 +121,31 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
         _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
                placement=placement, model_path=model_path, before=before, run_dir=run_dir, progress=progress)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+
+
+def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], family: str) -> None:
+    """One forward pass on two training examples before any training, so that a method that
+    cannot run on this model is `skipped` with the reason in seconds instead of `failed` after
+    minutes. Eval mode without gradients touches no random state: training is unchanged."""
+    import torch
+
+    from harness import models
+
+    features = [{k: f[k] for k in ("input_ids", "attention_mask") if k in f} for f in form.encode(rows[:2])]
+    batch = tokenizer.pad(features, return_tensors="pt")
+    if family == models.SEQ2SEQ:
+        batch["decoder_input_ids"] = batch["input_ids"][:, :1]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(**{name: tensor.to(device) for name, tensor in batch.items()})
+    except Exception as err:
+        raise NotApplicable(f"{spec.method} cannot run on {spec.model}: a forward pass on one batch fails "
+                            f"({type(err).__name__}: {err})") from err
+    finally:
+        model.train(was_training)
 
 
 def _refuse_unusable_options(task, spec: RunSpec, method) -> None:

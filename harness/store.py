@@ -323,8 +323,9 @@ class Store:
         scores are reported and `lrs_tried` says how many rates competed. Test scores never
         take part in the choice."""
         long = self.run_metrics(matrix, task)
+        states = self.cell_states(matrix, task)
         if long.empty:
-            return pd.DataFrame()
+            return _with_cell_states(pd.DataFrame(columns=["model", "method"]), states)
         primary = long["primary_metric"].dropna().iloc[0]
         long["column"] = [
             _column(kind, name, split)
@@ -357,7 +358,17 @@ class Store:
         scores = [c for c in board.columns if c not in costs and c not in ("lr", "lrs_tried")]
         board = board[scores + ["lr", "lrs_tried"] + costs]
         board = board.reset_index().sort_values(f"test_{primary}", ascending=False, kind="stable")
-        return board.reset_index(drop=True)
+        return _with_cell_states(board.reset_index(drop=True), states)
+
+    def cell_states(self, matrix: str, task: str) -> pd.DataFrame:
+        """Per model x method of the matrix's runs of `task`: how many runs are in each state,
+        and the first error of a run that is not done."""
+        return self.query(
+            "SELECT r.model, r.method, r.status, count(*) AS runs, min(r.error) AS error "
+            "FROM runs r JOIN matrix_runs m USING (run_id) WHERE m.matrix = ? AND r.task = ? "
+            "GROUP BY ALL ORDER BY r.model, r.method, r.status",
+            [matrix, task],
+        )
 
     def filtered_leaderboard(self, matrix: str, task: str, *, models: list[str] | None = None,
                              methods: list[str] | None = None) -> pd.DataFrame:
@@ -498,6 +509,29 @@ class Store:
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
+
+
+def _with_cell_states(board: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
+    """Every model x method cell of the matrix, done or not: `status` is `done` when all its runs
+    are, the shared state when none is (failed, skipped, interrupted, running, pending), else
+    `partial`; `runs` counts them per state and `error` is the first error of a run not done.
+    Cells without a done run come last, with empty scores, so a failed or skipped method is never
+    mistaken for one that was not asked for."""
+    if states.empty:
+        return board.assign(status=pd.Series(dtype=str), runs=pd.Series(dtype=str), error=pd.Series(dtype=str))
+    cells = []
+    for (model, method), group in states.groupby(["model", "method"], sort=False):
+        kinds = set(group["status"])
+        status = kinds.pop() if len(kinds) == 1 else ("partial" if "done" in kinds else "mixed")
+        errors = group.loc[group["status"] != "done", "error"].dropna()
+        cells.append({"model": model, "method": method, "status": status,
+                      "runs": ", ".join(f"{s} {n}" for s, n in zip(group["status"], group["runs"])),
+                      "error": errors.iloc[0] if len(errors) else None})
+    cells = pd.DataFrame(cells)
+    ranked = board.merge(cells, on=["model", "method"], how="left")
+    keys = pd.MultiIndex.from_frame(cells[["model", "method"]])
+    unfinished = cells[~keys.isin(pd.MultiIndex.from_frame(board[["model", "method"]]))]
+    return pd.concat([ranked, unfinished], ignore_index=True) if len(unfinished) else ranked
 
 
 def _ci95_half_width(std: pd.Series, n: pd.Series) -> pd.Series:

@@ -65,6 +65,7 @@ class SweepSummary:
     not_applicable: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
     not_retried: list[str] = field(default_factory=list)  # failed before, kept (retry_failed=False)
+    problems: dict[str, str] = field(default_factory=dict)  # run_id -> "what: why" of failed and skipped runs
     stale: list[str] = field(default_factory=list)  # `running` from a sweep that died: redone
     recovered: list[str] = field(default_factory=list)  # finished record.json taken into the store
     executor: str = ""
@@ -84,6 +85,7 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
     `if __name__ == "__main__":` guard: worker processes import the script's main module."""
     forced = _forced(matrix, force)
     preflight(matrix)
+    _warn_if_not_locked(echo)
     executor = executor or LocalExecutor()
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     results_dir = Path(results_dir).resolve()
@@ -108,7 +110,20 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
                 executor.close()
     echo(f"sweep {sweep_id}: {len(summary.done)} done, {len(summary.failed)} failed, "
          f"{len(summary.not_applicable)} not applicable, {summary.already_finished} already finished")
+    for run_id, problem in summary.problems.items():
+        echo(f"sweep {sweep_id}: {'failed' if run_id in summary.failed else 'skipped'}: {problem} (run {run_id})")
     return summary
+
+
+def _warn_if_not_locked(echo: Callable[[str], None]) -> None:
+    """Once per sweep: the installed versions that differ from requirements.lock."""
+    from harness import provenance
+
+    differ = provenance.lock_mismatches()
+    if differ:
+        echo(f"warning: {len(differ)} installed package(s) differ from {provenance.LOCK_FILE.name}, the versions "
+             f"this project is tested with: {', '.join(differ)}. Results may not match a locked install "
+             f"(`pip install -r {provenance.LOCK_FILE.name} -e .` installs the tested set).")
 
 
 def _plan(matrix: Matrix, store: Store, results_dir: Path, sweep_id: str, forced: set[str],
@@ -180,6 +195,8 @@ def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSum
                         inflight.pop(spec.run_id, None)
                     bucket = {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed)
                     bucket.append(spec.run_id)
+                    if record.status in ("failed", "skipped"):
+                        summary.problems[spec.run_id] = f"{describe(spec)}: {record.error}"
                     echo(f"[{position.get(spec.run_id, '?')}/{n}] {record.status}: {outcome(record)}")
         except KeyboardInterrupt as err:  # the executor has stopped its workers (closing above)
             interrupted = err if isinstance(err, Interrupted) else Interrupted(signals.received or signal.SIGINT)

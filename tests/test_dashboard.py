@@ -192,6 +192,26 @@ def test_run_detail_of_a_failed_run_shows_error_and_traceback(swept, monkeypatch
     assert "RuntimeError: boom" in app.code[0].value and "Traceback" in app.code[0].value
 
 
+def test_run_detail_says_which_code_and_lock_produced_the_run(swept, monkeypatch):
+    from harness import provenance
+
+    app = start(swept, monkeypatch, view="Run detail")
+    run_id = swept.run_states("tiny", methods=["lora"]).run_id.iloc[0]
+    widget(app.selectbox, "run (failures first)").set_value(run_id).run()
+    state = provenance.source_state()
+    line = next(c.value for c in app.caption if c.value.startswith("code: "))
+    assert f"git {state['git_revision'][:12]}" in line
+    assert f"requirements.lock sha256 {state['lock_sha256'][:12]}" in line
+
+
+def test_the_leaderboard_warns_about_cells_without_a_full_result(swept, monkeypatch):
+    app = start(swept, monkeypatch, view="Leaderboard")
+    board = app.dataframe[0].value
+    partial = board[board["status"] != "done"]
+    assert partial["method"].tolist() == ["full"] and partial["status"].tolist() == ["partial"]
+    assert any("full: partial (RuntimeError: boom)" in w.value for w in app.warning)
+
+
 def test_run_detail_shows_config_metrics_and_searchable_samples(swept, monkeypatch):
     app = start(swept, monkeypatch, view="Run detail")
     run_id = swept.run_states("tiny", methods=["lora"]).run_id.iloc[0]
@@ -290,7 +310,7 @@ def test_busy_store_shows_a_message_then_recovers(swept, tmp_path, monkeypatch):
         app.session_state["busy_attempts"] = 0
         threading.Timer(views.BUSY_WAIT_S + 0.5, lambda: holder.communicate("\n", timeout=30)).start()
         app.button[0].click().run()
-        assert not app.exception and not app.warning
+        assert not app.exception and not any("is busy" in w.value for w in app.warning)
         same(app.dataframe[0].value, store.leaderboard("tiny", TASK))
     finally:
         holder.kill()

@@ -67,7 +67,8 @@ def test_leaderboard_aggregates_seeds_and_ranks(tmp_path):
     store.write_record(make_record("b0", method="base", seed=0, acc=0.60))
     store.write_record(make_record("f0", method="full", seed=0, status="failed"))
     board = store.leaderboard("mx", "sentiment")
-    assert board["method"].tolist() == ["lora", "base"]
+    assert board["method"].tolist() == ["lora", "base", "full"]  # the failed cell last, without scores
+    assert board["status"].tolist() == ["done", "done", "failed"] and pd.isna(board.loc[2, "test_accuracy"])
     lora = board.iloc[0]
     assert lora["n_seeds"] == 2
     assert lora["test_accuracy"] == pytest.approx(0.85)
@@ -114,7 +115,9 @@ def test_export_writes_leaderboard_and_long_runs(tmp_path):
     paths = store.export(tmp_path / "boards")
     assert [p.name for p in paths] == ["mx_sentiment.csv", "runs.csv"]
     rows = list(csv.DictReader(open(paths[0])))
-    assert len(rows) == 1 and float(rows[0]["test_accuracy"]) == 0.8 and rows[0]["trainable_pct"] == "10.0"
+    assert len(rows) == 2 and float(rows[0]["test_accuracy"]) == 0.8 and rows[0]["trainable_pct"] == "10.0"
+    assert (rows[1]["method"], rows[1]["status"], rows[1]["test_accuracy"]) == ("full", "failed", "")
+    assert rows[1]["error"] == "RuntimeError: boom"
     long = list(csv.DictReader(open(paths[1])))
     assert {r["status"] for r in long} == {"done", "failed"}
     assert any(r["error"] == "RuntimeError: boom" for r in long)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from pydantic import Field
 
-from harness.methods import encoder_prefix
 from harness.methods.common import TrainedOptions, peft_task_type, save_pretrained
 
 NAME = "prefix"
@@ -29,6 +28,8 @@ class Options(TrainedOptions):
 
 def apply(model, options: dict, family: str, head: str):
     if head not in LM_HEADS:
+        from harness.methods import encoder_prefix  # imports torch: not at validation time
+
         return encoder_prefix.apply(model, options)
     from peft import PrefixTuningConfig, get_peft_model
 
@@ -47,11 +48,15 @@ def save(model, path: Path) -> None:
     if prefix is None:
         save_pretrained(model, path)
     else:
+        from harness.methods import encoder_prefix
+
         encoder_prefix.save(model, path, prefix.options)
 
 
 def load(model, path: Path):
     """The tuned model from a saved artifact and a fresh base model with the same head."""
+    from harness.methods import encoder_prefix
+
     if (Path(path) / encoder_prefix.CONFIG_FILE).exists():
         return encoder_prefix.load(model, path)
     from peft import PeftModel
