@@ -9,6 +9,8 @@ of --repeats calls, in milliseconds, on synthetic 0/1 outcomes (accuracy) and co
 
     python bench/bench_stats.py                    # 2,000 and 10,000 resamples
     python bench/bench_stats.py --resamples 1000 --repeats 5
+    OPENBLAS_NUM_THREADS=1 python bench/bench_stats.py   # on a busy machine: threaded BLAS on
+                                                         # small products then waits ~10 ms
 """
 from __future__ import annotations
 

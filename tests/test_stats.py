@@ -242,9 +242,11 @@ def write_corpus(tmp_path, n=80, seed=0):
 
 
 def sacrebleu_cli(tmp_path, metric):
-    out = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref.txt"), "-i", str(tmp_path / "b.txt"),
-                          str(tmp_path / "a.txt"), "--paired-bs", "-m", metric, "-f", "text", "-w", "4", "--no-color"],
-                         capture_output=True, text=True, check=True, env={**os.environ, "SACREBLEU_SEED": "12345"}).stdout
+    files = [str(tmp_path / f) for f in ("ref.txt", "b.txt", "a.txt")]
+    cmd = [sys.executable, "-m", "sacrebleu", files[0], "-i", *files[1:], "--paired-bs", "-m", metric,
+           "-f", "text", "-w", "4", "--no-color"]
+    env = {**os.environ, "SACREBLEU_SEED": "12345"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     nums = r"(-?[\d.]+) \((-?[\d.]+) ± ([\d.]+)\)"
     (b_score, b_mean, b_ci), (a_score, a_mean, a_ci) = [tuple(map(float, m)) for m in re.findall(nums, out)]
     (p,) = map(float, re.findall(r"\(p = ([\d.]+)\)", out))
@@ -274,7 +276,8 @@ def test_min_detectable_difference_by_hand_and_inverse():
     assert stats.min_detectable_difference(1000, sd_diff=0.3, seed_sd=0.01, n_seeds=4) == pytest.approx(
         z * math.sqrt(0.09 / 1000 + 2 * 0.0001 / 4))
     n = stats.items_needed(0.02, discordance=0.1)
-    assert stats.min_detectable_difference(n, discordance=0.1) <= 0.02 < stats.min_detectable_difference(n - 1, discordance=0.1)
+    mde = lambda items: stats.min_detectable_difference(items, discordance=0.1)  # noqa: E731
+    assert mde(n) <= 0.02 < mde(n - 1)
     assert stats.items_needed(0.01, sd_diff=0.3, seed_sd=0.01, n_seeds=1) == math.inf
 
 

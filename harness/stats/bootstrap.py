@@ -20,11 +20,14 @@ Resampling
 Each bootstrap replicate draws n items with replacement (the same draw for every cell of a
 comparison: paired), and, for a cell with S > 1 seeds, S of its seeds with replacement,
 independently per cell (two methods' seeds are different training runs, not pairs): the
-two-stage ("seeds, then items") hierarchical bootstrap. Item draws are stored as a count matrix
-W (replicates x items), so a replicate's per-seed sums are one matrix product ``W @ x.T``;
-W depends only on (n_items, n_resamples, seed) and is cached, so a leaderboard pays for it once
-per test set and each run costs one product (float32: counts are exact, sums carry ~1e-7
-relative rounding). With ``seed`` fixed the item draws are exactly those of
+two-stage ("seeds, then items") hierarchical bootstrap. With few seeds it understates the
+seed-to-seed spread (the plug-in variance of S resampled seeds is (S - 1) / S of the sample
+variance: half of it for S = 2); at S = 1 training noise is not in the interval at all.
+Item draws are stored as a count matrix W (replicates x items), so a replicate's per-seed
+sums are one matrix product ``W @ x.T``; W depends only on (n_items, n_resamples, seed) and is
+cached, so a leaderboard pays for it once per test set and each run costs one product
+(float32: counts are exact, sums carry ~1e-7 relative rounding; `bootstrap_metrics` puts many
+runs in one product). With ``seed`` fixed the item draws are exactly those of
 ``scipy.stats.bootstrap(..., paired=True, rng=np.random.default_rng(seed))`` (it draws
 ``rng.integers(0, n, (n_resamples, n))``), which the tests use as the reference.
 
@@ -41,7 +44,9 @@ p-value (differences only)
 Two-sided, H0: difference = 0, by inverting the percentile interval:
 ``p = min(1, 2 * (min(#{t* <= 0}, #{t* >= 0}) + 1) / (B + 1))``. So p < 1 - confidence exactly
 when the percentile interval (nearly) excludes 0, identical cells give p = 1, and p is never
-below 2 / (B + 1) (B = 10,000: 0.0002; keep B large when Holm multiplies p-values).
+below 2 / (B + 1) (B = 10,000: 0.0002; keep B large when Holm multiplies p-values). For two
+single runs of 0/1 outcomes with few discordant items this p is too small (5 items all one
+way: ~2 e^-5 = 0.013 against McNemar's exact 0.0625): use `mcnemar_exact` there.
 """
 from __future__ import annotations
 
@@ -194,6 +199,8 @@ def _interval(reps, estimate, level, method, jack=None):
         qs = _bca_levels(reps, estimate, alpha, jack)
     elif method != "percentile":
         raise ValueError(f"method must be 'percentile' or 'bca', got {method!r}")
+    if not np.all(np.isfinite(reps)):
+        raise ValueError("the statistic is not finite in some resamples (check the transform)")
     low, high = np.percentile(reps, 100 * qs)
     return float(low), float(high)
 

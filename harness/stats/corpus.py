@@ -92,7 +92,8 @@ def corpus_paired_bootstrap(
         raise ValueError(f"seed must be a positive int (sacrebleu ignores 0), got {seed!r}")
     if len(hyps_a) != len(hyps_b) or not len(hyps_a):
         raise ValueError(f"need the same non-zero number of segments, got {len(hyps_a)} and {len(hyps_b)}")
-    refs = [list(references)] if references and isinstance(references[0], str) else [list(r) for r in references]
+    one_stream = len(references) > 0 and isinstance(references[0], str)
+    refs = [list(references)] if one_stream else [list(r) for r in references]
     metric_obj = _metric(metric, metric_options)
     with _sacrebleu_seed(seed):
         test = PairedTest([("b", list(hyps_b)), ("a", list(hyps_a))], {metric: metric_obj}, refs,

@@ -22,7 +22,9 @@ Assumptions: items independent and identically distributed; the per-item disagre
 taken as stable across seeds (seeds then only average out `seed_sd`, which is also
 conservative); z-approximation of the exact test (fine when n * psi >~ 20 discordant items);
 sd at the null (Connor 1987 refines this with sqrt(psi - d^2) under the alternative, which
-gives a slightly smaller MDE).
+gives a slightly smaller MDE). Checked by simulation in tests/test_stats.py: at n = 1,000,
+psi = 0.12 the exact McNemar test reaches about 0.78 power at this MDE (the exact test is a
+little conservative against the z approximation).
 """
 from __future__ import annotations
 
