@@ -34,6 +34,9 @@ class RunRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)  # kind, name, split, value, stderr
     curves: list[dict[str, Any]] = field(default_factory=list)  # step, epoch, loss, eval_loss, lr
     samples: list[dict[str, Any]] = field(default_factory=list)  # idx, input, reference, prediction
+    # item-level outcomes, one columnar entry per scored split or probe (harness.items.Outcomes.entry):
+    # split, metric, and per item: item_id, value, prediction, confidence, weight, input, reference
+    items: list[dict[str, Any]] = field(default_factory=list)
 
     def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
         self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})

@@ -109,10 +109,12 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
             record.add_metric("efficiency", "artifact_mb", 0.0)
         start = time.perf_counter()
         for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
-            scores, predictions = task.score(form, model, splits[split], training["eval_batch_size"],
-                                             placement.device, autocast, label=f"score {split}" if progress else None)
+            scores, predictions, outcomes = task.score(form, model, splits[split], training["eval_batch_size"],
+                                                       placement.device, autocast,
+                                                       label=f"score {split}" if progress else None)
             for name, (value, stderr) in scores.items():
                 record.add_metric("task", name, value, split=split, stderr=stderr)
+            record.items.append(outcomes.entry(split))
             if split == "test":
                 record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
         record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)

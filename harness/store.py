@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS curves (
     run_id VARCHAR, step INTEGER, epoch DOUBLE, loss DOUBLE, eval_loss DOUBLE, lr DOUBLE);
 CREATE TABLE IF NOT EXISTS samples (
     run_id VARCHAR, idx INTEGER, input VARCHAR, reference VARCHAR, prediction VARCHAR);
+CREATE TABLE IF NOT EXISTS items (
+    run_id VARCHAR, split VARCHAR, metric VARCHAR, item_id VARCHAR, value DOUBLE, prediction VARCHAR,
+    confidence DOUBLE, weight DOUBLE);
+CREATE TABLE IF NOT EXISTS item_texts (item_id VARCHAR PRIMARY KEY, input VARCHAR, reference VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
@@ -45,6 +49,7 @@ CREATE TABLE IF NOT EXISTS probe_baselines (
 # Columns probe_baselines gained after stores were first written (added on the first write).
 PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "computed_at": "TIMESTAMP"}
 
+ITEM_COLUMNS = ("run_id", "split", "metric", "item_id", "value", "prediction", "confidence", "weight")
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
                "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
 
@@ -131,7 +136,7 @@ class Store:
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in ("metrics", "curves", "samples"):
+                for table in ("metrics", "curves", "samples", "items"):
                     con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
                 self._upsert_run(con, record)
                 _insert(con, "metrics", [
@@ -142,6 +147,7 @@ class Store:
                     for c in record.curves])
                 _insert(con, "samples", [
                     [record.run_id, s["idx"], s["input"], s["reference"], s["prediction"]] for s in record.samples])
+                _insert_items(con, [record])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -236,6 +242,8 @@ class Store:
                 con.execute("DELETE FROM metrics WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM curves WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM samples WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                con.execute("DELETE FROM items WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                _insert_items(con, records)
                 for table, rows in tables.items():
                     if rows.num_rows:
                         con.register("incoming", rows)
@@ -441,6 +449,19 @@ class Store:
             [matrix, task, task, *axes_params, list(STATE_ORDER)],
         )
 
+    def item_outcomes(self, run_ids: list[str], split: str | None = None) -> pd.DataFrame:
+        """The item-level outcomes of these runs (one split, or all): run_id, split, metric,
+        item_id, value, prediction, confidence, weight."""
+        return self.query(
+            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE list_contains(?, run_id) "
+            "AND (? IS NULL OR split = ?) ORDER BY run_id, split, item_id",
+            [list(run_ids), split, split])
+
+    def item_texts(self, item_ids: list[str]) -> pd.DataFrame:
+        """Input and reference of each item id."""
+        return self.query("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",
+                          [list(item_ids)])
+
     def run(self, run_id: str) -> dict | None:
         """Every column of one run, with `config` and `versions` parsed; None if absent."""
         df = self.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
@@ -589,6 +610,38 @@ def _columns(names: tuple[str, ...], rows: list[tuple]):
     import pyarrow as pa  # only bulk writes need it: keep it off the CLI's import path
 
     return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
+def _insert_items(con, records: list[RunRecord]) -> None:
+    """The records' item-level outcomes (columnar entries) into `items`, their texts into
+    `item_texts` once per item id, as Arrow bulk inserts (a run holds thousands of items)."""
+    import pyarrow as pa
+
+    columns = {name: [] for name in ITEM_COLUMNS}
+    texts: dict[str, tuple[str, str]] = {}
+    for record in records:
+        for entry in record.items:
+            n = len(entry["item_id"])
+            columns["run_id"] += [record.run_id] * n
+            columns["split"] += [entry["split"]] * n
+            columns["metric"] += [entry["metric"]] * n
+            columns["item_id"] += entry["item_id"]
+            columns["value"] += [_finite(v) for v in entry["value"]]
+            columns["prediction"] += [None if p is None else str(p) for p in entry.get("prediction") or [None] * n]
+            for name in ("confidence", "weight"):
+                columns[name] += [_finite(v) for v in entry.get(name) or [None] * n]
+            for item, text, reference in zip(entry["item_id"], entry.get("input") or [], entry.get("reference") or []):
+                texts.setdefault(item, (text, reference))
+    if not columns["run_id"]:
+        return
+    con.register("incoming_items", pa.table(columns))
+    con.execute(f"INSERT INTO items ({', '.join(ITEM_COLUMNS)}) SELECT * FROM incoming_items")
+    con.unregister("incoming_items")
+    if texts:
+        con.register("incoming_texts", pa.table({"item_id": list(texts), "input": [t for t, _ in texts.values()],
+                                                 "reference": [r for _, r in texts.values()]}))
+        con.execute("INSERT OR IGNORE INTO item_texts SELECT * FROM incoming_texts")
+        con.unregister("incoming_texts")
 
 
 def _insert(con, table: str, rows: list[list], verb: str = "INSERT") -> None:

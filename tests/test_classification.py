@@ -83,11 +83,20 @@ def test_left_padding_does_not_change_a_prediction(tiny_models):
 def test_score_reports_accuracy_f1_loss(tiny_models, tiny_dataset):
     _, model, form = decoder_form(tiny_models)
     examples = task.load_splits(options(tiny_dataset, train_size=10, val_size=5, test_size=30))["test"]
-    scores, predictions = task.score(form, model, examples, 8, "cpu")
+    scores, predictions, outcomes = task.score(form, model, examples, 8, "cpu")
     accuracy = sum(p == e["label"] for p, e in zip(predictions, examples)) / len(examples)
     assert scores["accuracy"][0] == pytest.approx(accuracy)
     assert scores["accuracy"][1] == pytest.approx((accuracy * (1 - accuracy) / 30) ** 0.5)
     assert 0 <= scores["f1_macro"][0] <= 1 and scores["loss"][0] > 0
+    # one outcome per example, in order: correct 0/1, the predicted label, its probability
+    names = form.options["label_names"]
+    assert outcomes.metric == "accuracy" and sum(outcomes.values) / 30 == pytest.approx(accuracy)
+    assert outcomes.values == [float(p == e["label"]) for p, e in zip(predictions, examples)]
+    assert outcomes.predictions == [names[p] for p in predictions]
+    assert outcomes.inputs == [e["text"] for e in examples]
+    assert all(0.5 <= c <= 1 for c in outcomes.confidences)  # two classes: the argmax has at least half
+    entry = outcomes.entry("test")
+    assert len(set(entry["item_id"])) == 30 and entry["split"] == "test"
 
 
 def test_length_sorted_scoring_keeps_each_prediction_with_its_example(tiny_models, tiny_dataset):
@@ -95,9 +104,10 @@ def test_length_sorted_scoring_keeps_each_prediction_with_its_example(tiny_model
     scoring one example at a time."""
     _, model, form = decoder_form(tiny_models)
     examples = task.load_splits(options(tiny_dataset, train_size=10, val_size=5, test_size=30))["test"]
-    batched, predictions = task.score(form, model, examples, 8, "cpu")
-    alone, one_by_one = task.score(form, model, examples, 1, "cpu")
+    batched, predictions, batched_items = task.score(form, model, examples, 8, "cpu")
+    alone, one_by_one, alone_items = task.score(form, model, examples, 1, "cpu")
     assert predictions == one_by_one
+    assert batched_items.confidences == pytest.approx(alone_items.confidences, rel=1e-5)
     assert batched["loss"][0] == pytest.approx(alone["loss"][0], rel=1e-5)
 
 

@@ -183,3 +183,33 @@ def test_leaderboard_picks_each_methods_learning_rate_on_validation_not_test(tmp
     assert board.loc["lora", "validation_accuracy"] == pytest.approx(0.82)
     assert board.loc["lora", "n_seeds"] == 2
     assert pd.isna(board.loc["base", "lr"]) and board.loc["base", "lrs_tried"] == 1
+
+
+def with_items(record, split="test", values=(1.0, 0.0, 1.0)):
+    from harness.items import Outcomes
+
+    texts = [f"review {i}" for i in range(len(values))]
+    record.items.append(Outcomes(metric="accuracy", values=list(values), predictions=["positive"] * len(values),
+                                 inputs=texts, references=["positive"] * len(values),
+                                 confidences=[0.9] * len(values)).entry(split))
+    return record
+
+
+def test_item_outcomes_round_trip_and_are_rebuilt_by_ingest(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(with_items(make_record("a0")))
+    store.write_record(with_items(make_record("a0"), values=(0.0, 0.0, 1.0)))  # a rewrite replaces the items
+    store.write_record(with_items(make_record("b0", method="base"), values=(1.0, 1.0, 1.0)))
+    items = store.item_outcomes(["a0", "b0"], "test")
+    assert len(items) == 6
+    a0 = items[items.run_id == "a0"].set_index("item_id")["value"]
+    b0 = items[items.run_id == "b0"].set_index("item_id")["value"]
+    assert sorted(a0.index) == sorted(b0.index)  # the same examples pair up across runs
+    assert sorted(a0.tolist()) == [0.0, 0.0, 1.0] and b0.tolist() == [1.0, 1.0, 1.0]
+    texts = store.item_texts(list(a0.index)).set_index("item_id")
+    assert sorted(texts["input"]) == ["review 0", "review 1", "review 2"]
+    for record in (with_items(make_record("a0")), with_items(make_record("b0", method="base"))):
+        records.write_atomic(record, tmp_path / "runs" / record.run_id)
+    assert cli.main(["ingest", "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
+    rebuilt = Store(tmp_path / "rebuilt.duckdb").item_outcomes(["a0", "b0"])
+    assert len(rebuilt) == 6 and rebuilt["confidence"].tolist() == [0.9] * 6

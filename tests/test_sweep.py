@@ -57,6 +57,20 @@ def check_swept(store, summary):
             assert row.artifact_mb > 0
 
 
+def test_every_scored_item_is_stored_and_pairs_across_runs(swept):
+    """Test size 32, validation 16: one outcome per item and split, the same item ids in every
+    run of the same task options, and the mean of the items is the stored accuracy."""
+    loaded, store, results, summary = swept
+    items = store.item_outcomes([spec.run_id for spec in loaded.runs])
+    counts = items.groupby(["run_id", "split"]).size()
+    assert set(counts.xs("test", level="split")) == {32} and set(counts.xs("validation", level="split")) == {16}
+    test = items[items.split == "test"]
+    assert test.groupby("run_id")["item_id"].apply(frozenset).nunique() == 1
+    for run_id, group in test.groupby("run_id"):
+        stored = store.metrics(run_id).query("name == 'accuracy' and split == 'test'")["value"].iloc[0]
+        assert group["value"].mean() == pytest.approx(stored)
+
+
 def test_records_match_the_store(swept):
     loaded, store, results, _ = swept
     for spec in loaded.runs:

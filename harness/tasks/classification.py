@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness import assets
+from harness.items import Outcomes
 from harness.tasks import tables
 
 NAME = "sentiment"
@@ -234,9 +235,10 @@ class Verbalizer:
 # --------------------------------------------------------------------------- scoring
 
 def score(form, model, examples: list[dict], batch_size: int, device: str, autocast_dtype=None,
-          label: str | None = None) -> tuple[dict, list[int]]:
-    """{metric: (value, stderr or None)} (accuracy, macro-F1, mean loss) and the predicted
-    label index per example. A progress bar is shown when `label` is given."""
+          label: str | None = None) -> tuple[dict, list[int], Outcomes]:
+    """{metric: (value, stderr or None)} (accuracy, macro-F1, mean loss), the predicted label
+    index per example, and the item-level outcomes (correct 0/1 and the probability the model
+    gave its prediction). A progress bar is shown when `label` is given."""
     import torch
     from tqdm.auto import tqdm
 
@@ -246,7 +248,7 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
 
     encoded = form.encode(examples)
     collate = form.collator()
-    predictions, total_loss = [0] * len(encoded), 0.0
+    predictions, confidences, total_loss = [0] * len(encoded), [0.0] * len(encoded), 0.0
     model.eval()
     batches = by_length([len(e["input_ids"]) for e in encoded], batch_size)
     with torch.inference_mode(), autocast(device, autocast_dtype):
@@ -254,8 +256,9 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
             batch = collate([encoded[i] for i in indices])
             batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
             logits, loss = form.logits_and_loss(model, batch)
-            for i, predicted in zip(indices, logits.argmax(-1).tolist()):
-                predictions[i] = predicted
+            top = logits.softmax(-1).max(-1)
+            for i, predicted, confidence in zip(indices, top.indices.tolist(), top.values.tolist()):
+                predictions[i], confidences[i] = predicted, confidence
             total_loss += float(loss)
     references = [e["label"] for e in examples]
     accuracy = metric_modules.compute("accuracy", predictions, references)["accuracy"]
@@ -264,7 +267,11 @@ def score(form, model, examples: list[dict], batch_size: int, device: str, autoc
         "f1_macro": (metric_modules.compute("f1", predictions, references, average="macro")["f1"], None),
         "loss": (total_loss / len(examples), None),
     }
-    return results, predictions
+    names = form.options["label_names"]
+    outcomes = Outcomes(metric="accuracy", values=[float(p == r) for p, r in zip(predictions, references)],
+                        predictions=[names[p] for p in predictions], confidences=confidences,
+                        inputs=[e["text"] for e in examples], references=[names[r] for r in references])
+    return results, predictions, outcomes
 
 
 def sample_rows(options: dict, examples: list[dict], predictions: list[int]) -> list[dict]:

@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness import assets
+from harness.items import Outcomes
 from harness.tasks import tables
 
 SPLITS = tables.SPLITS
@@ -306,17 +307,33 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 
 # --------------------------------------------------------------------------- scoring
 
-def score_with(metric_fn, form: TextToText, model, examples: list[dict], batch_size: int, device: str,
+def score_with(metric_fn, item_fn, form: TextToText, model, examples: list[dict], batch_size: int, device: str,
                autocast_dtype=None, label: str | None = None):
-    """({metric: (value, stderr)}, predictions) for one split; metric_fn(predictions, references)."""
+    """({metric: (value, stderr)}, predictions, item outcomes) for one split;
+    metric_fn(predictions, references) -> the split's scores, item_fn(predictions, references)
+    -> (name, one value per example)."""
     prompts = [form.prompt(row) for row in examples]
     predictions = generate(model, form.tokenizer, prompts, max_new_tokens=form.options["max_new_tokens"],
                            stop=form.options["stop"], batch_size=batch_size, device=device,
                            autocast_dtype=autocast_dtype, label=label)
-    results = metric_fn(predictions, [row["target"] for row in examples])
+    references = [row["target"] for row in examples]
+    results = metric_fn(predictions, references)
     lengths = [len(p.split()) for p in predictions]
     results["pred_words"] = (sum(lengths) / max(len(lengths), 1), None)
-    return results, predictions
+    name, values = item_fn(predictions, references)
+    outcomes = Outcomes(metric=name, values=values, predictions=predictions, inputs=[row["input"] for row in examples],
+                        references=references)
+    return results, predictions, outcomes
+
+
+def rouge_per_example(name: str):
+    """item_fn for score_with: the ROUGE score `name` of every example."""
+    def item_scores(predictions: list[str], references: list[str]) -> tuple[str, list[float]]:
+        from harness import metrics
+
+        return name, metrics.compute("rouge", predictions, references, rouge_types=[name],
+                                     use_aggregator=False)[name]
+    return item_scores
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:

@@ -40,4 +40,4 @@ def compute_metrics(predictions: list[str], references: list[str]) -> dict:
 
 load_splits = partial(generation.load_splits, task=NAME)
 formulation = generation.TextToText
-score = partial(generation.score_with, compute_metrics)
+score = partial(generation.score_with, compute_metrics, generation.rouge_per_example(PRIMARY_METRIC))

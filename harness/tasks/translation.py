@@ -51,4 +51,12 @@ def compute_metrics(predictions: list[str], references: list[str]) -> dict:
 
 load_splits = partial(generation.load_splits, task=NAME)
 formulation = generation.TextToText
-score = partial(generation.score_with, compute_metrics)
+def item_scores(predictions: list[str], references: list[str]) -> tuple[str, list[float]]:
+    """Sentence-level chrF per example (for pairing and disagreement lists); BLEU and chrF
+    comparisons themselves resample the corpus scores (sacrebleu's paired bootstrap)."""
+    import sacrebleu
+
+    return "sentence_chrf", [sacrebleu.sentence_chrf(p, [r]).score for p, r in zip(predictions, references)]
+
+
+score = partial(generation.score_with, compute_metrics, item_scores)
