@@ -1,0 +1,130 @@
+"""Conclusions from item-level outcomes: which method is better, by how much, how sure.
+
+Pure pandas over the store's `items` rows joined to their runs' axes (model, method, seed), with
+the arithmetic in harness.stats. Every comparison is paired on the item ids both sides scored:
+  - a cell's metric: percentile bootstrap over items (seeds, then items, with several seeds);
+  - a difference A - B (a gain over `base`, one method against another): paired bootstrap
+    interval and p-value, plus McNemar's exact test and the flips for 0/1 outcomes;
+  - "tied with the best": per model, every method compared with the best one, Holm-corrected,
+    tied when the adjusted p > 0.05 (McNemar for single runs of 0/1 outcomes, else bootstrap);
+  - corpus metrics (BLEU, chrF): sacrebleu's paired bootstrap resampling on the first seed's
+    predictions (corpus scores do not average over items).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from harness import stats
+
+CORPUS_METRICS = {"bleu": "bleu", "chrf": "chrf"}  # primary metric -> sacrebleu metric
+ALPHA = 0.05
+RESAMPLES = 2000  # per interval: ~1 ms per run at 1,000 items (bench/bench_stats.py)
+METHOD_NOTE = ("95% percentile bootstrap over test items (seeds, then items), paired on item ids; "
+               "tied = not significantly worse than the model's best, Holm-corrected "
+               "(McNemar's exact test for single runs of 0/1 outcomes)")
+
+
+def cells(items: pd.DataFrame, by: str = "method") -> tuple[np.ndarray, dict]:
+    """(item ids, {cell: (seeds, items)}) over the items every run of every cell scored."""
+    return stats.align_items(items, by=by)
+
+
+def cell_intervals(items: pd.DataFrame, *, higher_is_better: bool, base: str = "base") -> pd.DataFrame:
+    """Per method of one model (items of one task split): the metric's interval, the gain over
+    the `base` method with its paired interval and p-value, and whether the method is tied with
+    the best. Columns: method, n_items, estimate, low, high, gain, gain_low, gain_high, gain_p,
+    tied_with_best, p_vs_best (Holm-adjusted)."""
+    _, by_method = cells(items)
+    if not by_method:
+        return pd.DataFrame()
+    intervals = stats.bootstrap_metrics(by_method, n_resamples=RESAMPLES)
+    ranking = stats.tied_with_best(by_method, higher_is_better=higher_is_better, n_resamples=RESAMPLES)
+    rows = []
+    for method, values in by_method.items():
+        interval = intervals[method]
+        row = {"method": method, "n_items": interval.n_items, "estimate": interval.estimate,
+               "low": interval.low, "high": interval.high,
+               "tied_with_best": method in ranking.tied, "p_vs_best": ranking.adjusted[method]}
+        if base in by_method and method != base:
+            gain = stats.bootstrap_difference(values, by_method[base], n_resamples=RESAMPLES)
+            row.update(gain=gain.estimate, gain_low=gain.low, gain_high=gain.high, gain_p=gain.p_value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -> dict:
+    """Method `a` against `b` on the items both scored: estimates, the paired difference a - b
+    with its interval and p-value, and for 0/1 outcomes McNemar's exact test and the flips
+    (`lost`: b right and a wrong; `gained`: the reverse). For a corpus metric (BLEU, chrF) the
+    difference is sacrebleu's paired bootstrap on the predictions of each side's first seed."""
+    subset = items[items["method"].isin([a, b])]
+    ids, by_method = cells(subset)
+    missing = [m for m in (a, b) if m not in by_method]
+    if missing:
+        raise ValueError(f"no item outcomes for {', '.join(missing)} on the items the two share")
+    if metric in CORPUS_METRICS:
+        return _compare_corpus(subset, ids, a, b, metric)
+    diff = stats.bootstrap_difference(by_method[a], by_method[b], n_resamples=10 * RESAMPLES)
+    out = {"a": a, "b": b, "n_items": len(ids), "seeds_a": by_method[a].shape[0], "seeds_b": by_method[b].shape[0],
+           "estimate_a": stats.point_estimate(by_method[a]), "estimate_b": stats.point_estimate(by_method[b]),
+           "difference": diff.estimate, "low": diff.low, "high": diff.high, "p_bootstrap": diff.p_value,
+           "method": "paired bootstrap over items" + (", seeds then items" if max(diff.n_seeds) > 1 else "")}
+    first_a, first_b = by_method[a][0], by_method[b][0]
+    if stats.paired.is_binary(first_a) and stats.paired.is_binary(first_b):
+        test = stats.mcnemar_exact(first_a, first_b)
+        moved = stats.flips(first_b, first_a)
+        out.update(p_mcnemar=test.p_value, lost=moved.lost, gained=moved.gained,
+                   mcnemar_on="first seed of each" if max(diff.n_seeds) > 1 else "the two runs")
+    return out
+
+
+def _compare_corpus(items: pd.DataFrame, ids: np.ndarray, a: str, b: str, metric: str) -> dict:
+    first = items[items["seed"] == items.groupby("method")["seed"].transform("min")]
+    predictions = first.pivot_table(index="item_id", columns="method", values="prediction", aggfunc="first")
+    predictions = predictions.loc[ids]
+    references = items.drop_duplicates("item_id").set_index("item_id").loc[ids, "reference"]
+    result = stats.corpus_paired_bootstrap(predictions[a].tolist(), predictions[b].tolist(), references.tolist(),
+                                           metric=CORPUS_METRICS[metric])
+    return {"a": a, "b": b, "n_items": result.n_items, "estimate_a": result.score_a, "estimate_b": result.score_b,
+            "difference": result.difference, "low": result.low, "high": result.high,
+            "p_bootstrap": result.p_value, "method": f"sacrebleu paired bootstrap ({result.signature})"}
+
+
+def disagreements(items: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """The items on which the first seeds of `a` and `b` differ in value, with both predictions
+    (and the input and reference where the frame has them)."""
+    first = items[items["seed"] == items.groupby("method")["seed"].transform("min")]
+    wide = first[first["method"].isin([a, b])].pivot_table(
+        index="item_id", columns="method", values=["value", "prediction"], aggfunc="first").dropna()
+    if wide.empty or a not in wide["value"] or b not in wide["value"]:
+        return pd.DataFrame(columns=["item_id", f"value_{a}", f"value_{b}", f"prediction_{a}", f"prediction_{b}"])
+    differ = wide[wide["value"][a] != wide["value"][b]]
+    out = pd.DataFrame({"item_id": differ.index, f"value_{a}": differ["value"][a].to_numpy(),
+                        f"value_{b}": differ["value"][b].to_numpy(),
+                        f"prediction_{a}": differ["prediction"][a].to_numpy(),
+                        f"prediction_{b}": differ["prediction"][b].to_numpy()})
+    texts = [c for c in ("input", "reference") if c in items]
+    if texts:
+        out = out.merge(items.drop_duplicates("item_id")[["item_id", *texts]], on="item_id", how="left")
+    return out
+
+
+def pairwise(items: pd.DataFrame) -> pd.DataFrame:
+    """Every ordered pair of methods of one model: a, b, difference a - b, interval, p (bootstrap),
+    and the Holm-adjusted p over all the unordered pairs shown."""
+    _, by_method = cells(items)
+    names = list(by_method)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = stats.bootstrap_difference(by_method[a], by_method[b], n_resamples=RESAMPLES)
+            rows.append({"a": a, "b": b, "difference": diff.estimate, "low": diff.low, "high": diff.high,
+                         "p": diff.p_value})
+    if not rows:
+        return pd.DataFrame(columns=["a", "b", "difference", "low", "high", "p", "p_holm"])
+    table = pd.DataFrame(rows)
+    table["p_holm"] = stats.holm(table["p"].to_numpy())
+    mirrored = table.rename(columns={"a": "b", "b": "a", "low": "high", "high": "low"})
+    mirrored[["difference", "low", "high"]] = -mirrored[["difference", "low", "high"]]
+    return pd.concat([table, mirrored[table.columns]], ignore_index=True)
