@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Errors that are the input's fault (printed as one line, exit 2), by the module defining them.
-USER_ERRORS = {"harness.assets": "AssetError", "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
+USER_ERRORS = {"harness.assets": "AssetError", "harness.comparisons": "ComparisonError", "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
                "harness.store": "StoreError", "harness.sweep": "SweepError"}
 
 
@@ -116,6 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: leaderboards/ beside the store)")
     db_arg(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "compare", help="paired comparison of two methods of one model: difference, interval, p, flips",
+        description="Method A against method B on the test items both scored (the leaderboard's chosen "
+        "learning rate of each): the paired difference A - B of the task's primary metric with its 95% "
+        "bootstrap interval (over seeds, then items) and p-value, McNemar's exact test and the flips for "
+        "0/1 outcomes, sacrebleu's paired bootstrap for BLEU/chrF.")
+    p.add_argument("a", help="method A (e.g. lora)")
+    p.add_argument("b", help="method B (e.g. ia3)")
+    p.add_argument("--matrix", required=True, help="matrix name (or its YAML file)")
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--model", required=True, help="model, as the leaderboard names it")
+    db_arg(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ingest", help="rebuild or merge a store from record.json files")
     p.add_argument("paths", nargs="*", help="record.json files or folders to search (default: runs/ beside the store)")
@@ -245,12 +259,7 @@ def cmd_schema(args) -> int:
 def cmd_status(args) -> int:
     from harness.store import Store
 
-    name = args.matrix
-    if name and name.endswith((".yaml", ".yml")):
-        from harness import matrix as matrix_mod
-
-        name = matrix_mod.load(name).name
-    runs = Store(args.db).runs(name)
+    runs = Store(args.db).runs(args.matrix and _matrix_name(args.matrix))
     if runs.empty:
         print("no runs")
         return 0
@@ -269,6 +278,39 @@ def cmd_export(args) -> int:
     for path in Store(args.db).export(out, matrix=args.matrix):
         print(path)
     return 0
+
+
+def cmd_compare(args) -> int:
+    from harness import comparisons, tasks
+    from harness.store import Store
+
+    store = Store(args.db)
+    matrix = _matrix_name(args.matrix)
+    board = store.leaderboard(matrix, args.task)
+    board = board[board["model"] == args.model] if not board.empty else board
+    if board.empty:
+        raise comparisons.ComparisonError(f"no runs of model {args.model!r} on task {args.task!r} in matrix "
+                                          f"{matrix!r} (see `harness status {matrix}`)")
+    items = comparisons.chosen_runs(store.task_items(matrix, args.task, "test", models=[args.model]), board)
+    primary = tasks.REGISTRY[args.task].PRIMARY_METRIC
+    result = comparisons.compare(items, args.a, args.b, metric=primary)
+    print(f"{args.model}, {args.task} test {primary}: {args.a} {result['estimate_a']:.4f} vs "
+          f"{args.b} {result['estimate_b']:.4f} on n = {result['n_items']} paired items")
+    print(f"  difference {args.a} - {args.b}: {result['difference']:+.4f}, 95% interval "
+          f"[{result['low']:+.4f}, {result['high']:+.4f}], p = {result['p_bootstrap']:.4g} ({result['method']})")
+    if "p_mcnemar" in result:
+        print(f"  McNemar exact ({result['mcnemar_on']}): p = {result['p_mcnemar']:.4g}; {args.a} right where "
+              f"{args.b} was wrong on {result['gained']} items, wrong where {args.b} was right on {result['lost']}")
+    return 0
+
+
+def _matrix_name(name_or_file: str) -> str:
+    """A matrix name, or the name inside a matrix YAML file."""
+    if name_or_file.endswith((".yaml", ".yml")):
+        from harness import matrix as matrix_mod
+
+        return matrix_mod.load(name_or_file).name
+    return name_or_file
 
 
 def cmd_ingest(args) -> int:

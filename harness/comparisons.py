@@ -25,6 +25,10 @@ METHOD_NOTE = ("95% percentile bootstrap over test items (seeds, then items), pa
                "(McNemar's exact test for single runs of 0/1 outcomes)")
 
 
+class ComparisonError(ValueError):
+    """The asked comparison has no data (an unknown method, no shared items)."""
+
+
 def cells(items: pd.DataFrame, by: str = "method") -> tuple[np.ndarray, dict]:
     """(item ids, {cell: (seeds, items)}) over the items every run of every cell scored."""
     return stats.align_items(items, by=by)
@@ -62,7 +66,8 @@ def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -
     ids, by_method = cells(subset)
     missing = [m for m in (a, b) if m not in by_method]
     if missing:
-        raise ValueError(f"no item outcomes for {', '.join(missing)} on the items the two share")
+        raise ComparisonError(f"no item outcomes for {', '.join(missing)} (methods with outcomes here: "
+                              f"{', '.join(sorted(set(items['method']))) or 'none'})")
     if metric in CORPUS_METRICS:
         return _compare_corpus(subset, ids, a, b, metric)
     diff = stats.bootstrap_difference(by_method[a], by_method[b], n_resamples=10 * RESAMPLES)
@@ -128,3 +133,39 @@ def pairwise(items: pd.DataFrame) -> pd.DataFrame:
     mirrored = table.rename(columns={"a": "b", "b": "a", "low": "high", "high": "low"})
     mirrored[["difference", "low", "high"]] = -mirrored[["difference", "low", "high"]]
     return pd.concat([table, mirrored[table.columns]], ignore_index=True)
+
+
+def chosen_runs(items: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
+    """The items of the runs a leaderboard row stands for: its model, method and chosen
+    learning rate (the best on validation; methods without a rate have NaN on both sides)."""
+    chosen = board[["model", "method", "lr"]].drop_duplicates()
+    key = items["lr"].fillna(-1.0)
+    merged = items.assign(lr_key=key).merge(chosen.assign(lr_key=chosen["lr"].fillna(-1.0))[
+        ["model", "method", "lr_key"]], on=["model", "method", "lr_key"])
+    return merged.drop(columns="lr_key")
+
+
+def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, higher_is_better: bool) -> pd.DataFrame:
+    """The leaderboard with, per row, the 95% interval of its test primary metric, its gain over
+    the model's `base` row with interval and p-value, and whether it is tied with the model's
+    best row (columns `test_<primary>_low/_high`, `gain`, `gain_low`, `gain_high`, `gain_p`,
+    `tied_with_best`, `p_vs_best`). Rows without item outcomes keep them empty."""
+    columns = [f"test_{primary}_low", f"test_{primary}_high", "gain", "gain_low", "gain_high", "gain_p",
+               "tied_with_best", "p_vs_best"]
+    board = board.copy()
+    for column in columns:
+        board[column] = pd.Series([None] * len(board), dtype=object if column == "tied_with_best" else float)
+    if items.empty or board.empty or primary in CORPUS_METRICS:
+        return board
+    items = chosen_runs(items, board)
+    for model, group in items.groupby("model", sort=False):
+        found = cell_intervals(group, higher_is_better=higher_is_better)
+        if found.empty:
+            continue
+        found = found.rename(columns={"low": f"test_{primary}_low", "high": f"test_{primary}_high"})
+        for row in found.itertuples(index=False):
+            at = (board["model"] == model) & (board["method"] == row.method)
+            for column in columns:
+                if column in found.columns:
+                    board.loc[at, column] = getattr(row, column)
+    return board

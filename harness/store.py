@@ -457,6 +457,20 @@ class Store:
             "AND (? IS NULL OR split = ?) ORDER BY run_id, split, item_id",
             [list(run_ids), split, split])
 
+    def task_items(self, matrix: str, task: str, split: str, *, models: list[str] | None = None) -> pd.DataFrame:
+        """The item outcomes of the matrix's done runs of `task` on one split, with each run's
+        model, method, seed and learning rate and each item's input and reference."""
+        axes_sql, axes_params = _axes_filter(models, None, None)
+        return self.query(
+            "SELECT r.model, r.method, r.seed, r.run_id, "
+            "TRY_CAST(json_extract(r.config, '$.method_options.lr') AS DOUBLE) AS lr, "
+            "i.metric, i.item_id, i.value, i.prediction, i.confidence, t.input, t.reference "
+            "FROM runs r JOIN matrix_runs x USING (run_id) JOIN items i USING (run_id) "
+            "LEFT JOIN item_texts t USING (item_id) "
+            f"WHERE x.matrix = ? AND r.task = ? AND r.status = 'done' AND i.split = ?{axes_sql} "
+            "ORDER BY r.model, r.method, r.seed, i.item_id",
+            [matrix, task, split, *axes_params])
+
     def item_texts(self, item_ids: list[str]) -> pd.DataFrame:
         """Input and reference of each item id."""
         return self.query("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",

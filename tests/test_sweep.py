@@ -199,3 +199,19 @@ def test_ray_executor_sweeps_the_same_runs_with_the_same_records(swept, tmp_path
         remote = records.read(ray_results / "runs" / spec.run_id / "record.json")
         assert comparable(remote) == comparable(local), spec.run_id
         assert ray_store.samples(spec.run_id)["prediction"].tolist() == [s["prediction"] for s in local.samples]
+
+
+def test_compare_prints_the_paired_difference_of_two_methods(swept, capsys):
+    loaded, store, results, summary = swept
+    model = store.leaderboard("tiny", "sentiment")["model"].iloc[0]
+    db = str(store.path)
+    assert cli.main(["compare", "lora", "base", "--matrix", "tiny", "--task", "sentiment", "--model", model,
+                     "--db", db]) == 0
+    out = capsys.readouterr().out
+    board = store.leaderboard("tiny", "sentiment").set_index(["model", "method"])
+    difference = board.loc[(model, "lora"), "test_accuracy"] - board.loc[(model, "base"), "test_accuracy"]
+    assert f"difference lora - base: {difference:+.4f}" in out and "n = 32 paired items" in out
+    assert "McNemar exact (the two runs): p = " in out
+    assert cli.main(["compare", "lora", "nosuch", "--matrix", "tiny", "--task", "sentiment", "--model", model,
+                     "--db", db]) == 2
+    assert "no item outcomes for nosuch" in capsys.readouterr().err
