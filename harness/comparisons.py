@@ -42,6 +42,7 @@ def cell_intervals(items: pd.DataFrame, *, higher_is_better: bool, base: str = "
     _, by_method = cells(items)
     if not by_method:
         return pd.DataFrame()
+    calibration = _calibration(items, base)
     intervals = stats.bootstrap_metrics(by_method, n_resamples=RESAMPLES)
     ranking = stats.tied_with_best(by_method, higher_is_better=higher_is_better, n_resamples=RESAMPLES)
     rows = []
@@ -53,8 +54,29 @@ def cell_intervals(items: pd.DataFrame, *, higher_is_better: bool, base: str = "
         if base in by_method and method != base:
             gain = stats.bootstrap_difference(values, by_method[base], n_resamples=RESAMPLES)
             row.update(gain=gain.estimate, gain_low=gain.low, gain_high=gain.high, gain_p=gain.p_value)
+        row.update(calibration.get(method, {}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _calibration(items: pd.DataFrame, base: str) -> dict[str, dict]:
+    """Per method (first seed): expected calibration error (10 equal-width bins) of the
+    probability given to each prediction, with its interval, and its paired change from `base`
+    (positive: worse calibrated than the base model, one more kind of forgetting)."""
+    if "confidence" not in items or items["confidence"].isna().any() or not items["value"].isin([0, 1]).all():
+        return {}
+    first = items[items["seed"] == items.groupby("method")["seed"].transform("min")]
+    wide = first.pivot_table(index="item_id", columns="method", values=["confidence", "value"],
+                             aggfunc="first").dropna()
+    out = {}
+    for method in wide["value"].columns:
+        ece = stats.bootstrap_ece(wide["confidence"][method], wide["value"][method], n_resamples=RESAMPLES)
+        out[method] = {"ece": ece.estimate, "ece_low": ece.low, "ece_high": ece.high}
+        if base in wide["value"].columns and method != base:
+            change = stats.ece_difference(wide["confidence"][base], wide["value"][base], wide["confidence"][method],
+                                          wide["value"][method], n_resamples=RESAMPLES)
+            out[method].update(ece_change=change.estimate, ece_change_low=change.low, ece_change_high=change.high)
+    return out
 
 
 def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -> dict:
@@ -151,7 +173,8 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
     best row (columns `test_<primary>_low/_high`, `gain`, `gain_low`, `gain_high`, `gain_p`,
     `tied_with_best`, `p_vs_best`). Rows without item outcomes keep them empty."""
     columns = [f"test_{primary}_low", f"test_{primary}_high", "gain", "gain_low", "gain_high", "gain_p",
-               "tied_with_best", "p_vs_best"]
+               "tied_with_best", "p_vs_best", "ece", "ece_low", "ece_high", "ece_change", "ece_change_low",
+               "ece_change_high"]
     board = board.copy()
     for column in columns:
         board[column] = pd.Series([None] * len(board), dtype=object if column == "tied_with_best" else float)
@@ -169,3 +192,21 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
                 if column in found.columns:
                     board.loc[at, column] = getattr(row, column)
     return board
+
+
+def tuning_budget(runs: pd.DataFrame, *, higher_is_better: bool) -> pd.DataFrame:
+    """Per model x method that tried several learning rates: the expected best validation score
+    after k of its N tried rates (k = 1..N; Dodge et al. 2019 with the unbiased estimator of
+    Tang et al. 2020), from `runs` (model, method, lr, value: one validation score per run,
+    averaged over seeds per rate). A method that wins only after many trials shows it here.
+    Columns: model, method, k, expected, std, n_rates."""
+    per_rate = runs.dropna(subset=["lr", "value"]).groupby(["model", "method", "lr"], sort=False)["value"].mean()
+    frames = []
+    for (model, method), scores in per_rate.groupby(level=["model", "method"], sort=False):
+        if len(scores) < 2:
+            continue
+        curve = stats.expected_max_curve(scores.to_numpy(), higher_is_better=higher_is_better)
+        frames.append(curve.assign(model=model, method=method, n_rates=len(scores)))
+    if not frames:
+        return pd.DataFrame(columns=["model", "method", "k", "expected", "std", "n_rates"])
+    return pd.concat(frames, ignore_index=True)[["model", "method", "k", "expected", "std", "n_rates"]]

@@ -95,3 +95,27 @@ def test_bleu_differences_use_sacrebleus_paired_bootstrap():
     result = comparisons.compare(items, "a", "b", metric="bleu")
     assert result["estimate_a"] == pytest.approx(100.0) and result["difference"] > 0
     assert "sacrebleu paired bootstrap" in result["method"] and result["p_bootstrap"] < 0.05
+
+
+def test_calibration_error_and_its_change_from_base():
+    # base: always 90% sure, right 9 times in 10 (calibrated); tuned: always 100% sure, right 8 in 10
+    base = [1.0] * 90 + [0.0] * 10
+    tuned = [1.0] * 80 + [0.0] * 20
+    items = frame({"base": [base], "lora": [tuned]})
+    items["confidence"] = [0.9] * 100 + [1.0] * 100
+    board = comparisons.cell_intervals(items, higher_is_better=True).set_index("method")
+    assert board.loc["base", "ece"] == pytest.approx(0.0, abs=1e-12)
+    assert board.loc["lora", "ece"] == pytest.approx(0.2)
+    assert board.loc["lora", "ece_change"] == pytest.approx(0.2) and board.loc["lora", "ece_change_low"] > 0
+
+
+def test_tuning_budget_is_the_expected_best_of_k_rates():
+    runs = pd.DataFrame({"model": "m", "method": ["lora"] * 4 + ["ia3"] * 2 + ["base"],
+                         "lr": [1e-4, 1e-3, 1e-2, 1e-3, 1e-3, 1e-2, None],
+                         "value": [0.6, 0.7, 0.9, 0.8, 0.5, 0.55, 0.4]})
+    curve = comparisons.tuning_budget(runs, higher_is_better=True).set_index(["method", "k"])
+    # lora's rates: 1e-4 -> 0.6, 1e-3 -> mean(0.7, 0.8) = 0.75, 1e-2 -> 0.9
+    assert curve.loc[("lora", 1), "expected"] == pytest.approx((0.6 + 0.75 + 0.9) / 3)
+    assert curve.loc[("lora", 2), "expected"] == pytest.approx((0.75 + 0.9 + 0.9) / 3)  # best of each pair
+    assert curve.loc[("lora", 3), "expected"] == pytest.approx(0.9)
+    assert curve.loc[("ia3", 2), "expected"] == pytest.approx(0.55) and "base" not in curve.index.get_level_values(0)
