@@ -17,11 +17,12 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `dashboard` is not an installed package
 
-from dashboard import views  # noqa: E402
+from dashboard import comparison, views  # noqa: E402
 from harness.store import DEFAULT_DB, Store, StoreBusy, StoreError  # noqa: E402
 
 VIEWS = {
     "Leaderboard": views.leaderboard,
+    "Method vs method": comparison.method_vs_method,
     "Trade-offs": views.tradeoffs,
     "Learning curves": views.learning_curves,
     "Run detail": views.run_detail,

@@ -341,3 +341,19 @@ def test_page_keeps_working_while_a_sweep_writes(swept, tmp_path, monkeypatch):
     app.run()
     same(app.dataframe[0].value, store.leaderboard("tiny", TASK))
     assert int(app.dataframe[0].value.query("model == 'writer-model'")["n_seeds"].iloc[0]) == written
+
+
+def test_method_vs_method_shows_paired_differences_and_disagreements(swept, monkeypatch):
+    from harness import comparisons
+
+    app = start(swept, monkeypatch, view="Method vs method")
+    model = widget(app.selectbox, "model").value
+    board = swept.leaderboard("tiny", TASK)
+    items = comparisons.chosen_runs(swept.task_items("tiny", TASK, "test", models=[model]), board)
+    same(app.dataframe[0].value, comparisons.pairwise(items))
+    widget(app.selectbox, "method A").set_value("lora").run()
+    widget(app.selectbox, "method B").set_value("base").run()
+    assert not app.exception
+    result = comparisons.compare(items, "lora", "base", metric="accuracy")
+    assert f"lora - base: {result['difference']:+.4f}" in app.markdown[0].value
+    same(app.dataframe[1].value, comparisons.disagreements(items, "lora", "base"))
