@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                    "2^30 bytes); a run fits when its estimate + 1 GiB reserve is at most this")
     p.add_argument("--breakdown", action="store_true",
                    help="also show weights, gradients, optimizer states and activations")
+    db_arg(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("schema", help="print the documented matrix schema")
@@ -234,7 +235,7 @@ def cmd_plan(args) -> int:
     import time
 
     from harness import matrix as matrix_mod
-    from harness import plan
+    from harness import plan, power
 
     try:
         gpu_mem = plan.parse_size(args.gpu_mem) if args.gpu_mem is not None else None
@@ -246,7 +247,24 @@ def cmd_plan(args) -> int:
     start = time.perf_counter()
     rows = plan.plan(loaded)
     print(plan.report(loaded, rows, gpu_mem, args.breakdown, seconds=time.perf_counter() - start))
+    print()
+    print(power.report(loaded, _observed_spread(args.db), plan.families(loaded)))
     return 1 if any(row.failed for row in rows) else 0
+
+
+def _observed_spread(db: str):
+    """power.task_rows' `spread`: per-item differences of earlier runs in the store, if any."""
+    if not Path(db).exists():
+        return None
+    from harness import power
+    from harness.store import Store
+
+    store = Store(db)
+
+    def spread(model: str, task: str):
+        sd, accuracy = power.observed_spread(store.model_task_items(model, task, "test"))
+        return sd, accuracy, f"observed in {db}" if sd is not None or accuracy is not None else ""
+    return spread
 
 
 def cmd_schema(args) -> int:

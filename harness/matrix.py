@@ -130,6 +130,11 @@ class MatrixFile(Strict):
         "lm_eval:<task> names a built-in lm-eval task (needs internet). Not part of the run_id: "
         "adding probes to done runs needs `harness sweep --force all`"
     )
+    resolve: float | None = Field(
+        None, gt=0, description="the smallest difference of the primary metric (in its own units, e.g. 0.02 = "
+        "2 accuracy points) the matrix must be able to detect between two methods of a model; `harness plan` "
+        "warns when the test size and seeds cannot (paired test, alpha 0.05, power 0.8)"
+    )
     trust_remote_code: bool | list[str] = Field(
         False, description="let models run code shipped with them (a hub model's custom classes): true "
         "for every model, or a list of the models to trust; off by default"
@@ -232,6 +237,7 @@ class Matrix:
     path: str
     runs: list[RunSpec]
     description: str = ""
+    resolve: float | None = None  # the difference the matrix must detect (harness.power)
 
     @property
     def models(self) -> list[str]:
@@ -338,7 +344,7 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
         problems.add("exclude", "the rules exclude every run of the matrix")
         raise MatrixError(problems)
     runs = [replace(run, probes=tuple(probe_list)) for run in runs]
-    return Matrix(name=name, path=source, runs=runs, description=top.description)
+    return Matrix(name=name, path=source, runs=runs, description=top.description, resolve=top.resolve)
 
 
 def _trusted_models(top: MatrixFile, problems: _Problems) -> set[str]:

@@ -174,6 +174,20 @@ def plan(matrix: Matrix) -> list[PlanRow]:
     return [planner.row(spec) for spec in matrix.runs]
 
 
+def families(matrix: Matrix) -> dict[str, str]:
+    """{model: decoder, encoder or seq2seq} from the models' configs (those that can be read)."""
+    from harness import models
+
+    planner, found = Planner(), {}
+    for spec in matrix.runs:
+        if spec.model not in found:
+            try:
+                found[spec.model] = models.family_of_config(planner.config(spec))
+            except Exception:  # noqa: BLE001 - the plan table already reports a model it cannot read
+                pass
+    return found
+
+
 class Planner:
     """Plans runs, building each distinct (model, method, options, shape) once."""
 

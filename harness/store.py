@@ -280,6 +280,14 @@ class Store:
         with self._connect(read_only=True) as con:
             return con.execute(sql, list(params)).df()
 
+    def _query_items(self, sql: str, params: list) -> pd.DataFrame:
+        """`query` over the item tables, which stores written before item outcomes were kept do
+        not have yet (they gain them on their next write): empty there."""
+        try:
+            return self.query(sql, params)
+        except duckdb.CatalogException:
+            return pd.DataFrame()
+
     def statuses(self, run_ids: Iterable[str]) -> dict[str, str]:
         ids = list(run_ids)
         if not self.path.exists() or not ids:
@@ -452,7 +460,7 @@ class Store:
     def item_outcomes(self, run_ids: list[str], split: str | None = None) -> pd.DataFrame:
         """The item-level outcomes of these runs (one split, or all): run_id, split, metric,
         item_id, value, prediction, confidence, weight."""
-        return self.query(
+        return self._query_items(
             f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE list_contains(?, run_id) "
             "AND (? IS NULL OR split = ?) ORDER BY run_id, split, item_id",
             [list(run_ids), split, split])
@@ -461,7 +469,7 @@ class Store:
         """The item outcomes of the matrix's done runs of `task` on one split, with each run's
         model, method, seed and learning rate and each item's input and reference."""
         axes_sql, axes_params = _axes_filter(models, None, None)
-        return self.query(
+        return self._query_items(
             "SELECT r.model, r.method, r.seed, r.run_id, "
             "TRY_CAST(json_extract(r.config, '$.method_options.lr') AS DOUBLE) AS lr, "
             "i.metric, i.item_id, i.value, i.prediction, i.confidence, t.input, t.reference "
@@ -471,9 +479,17 @@ class Store:
             "ORDER BY r.model, r.method, r.seed, i.item_id",
             [matrix, task, split, *axes_params])
 
+    def model_task_items(self, model: str, task: str, split: str) -> pd.DataFrame:
+        """Item outcomes of every done run of this model and task (any matrix): method, seed,
+        run_id, item_id, value."""
+        return self._query_items(
+            "SELECT r.method, r.seed, r.run_id, i.item_id, i.value FROM runs r JOIN items i USING (run_id) "
+            "WHERE r.model = ? AND r.task = ? AND r.status = 'done' AND i.split = ?",
+            [model, task, split])
+
     def item_texts(self, item_ids: list[str]) -> pd.DataFrame:
         """Input and reference of each item id."""
-        return self.query("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",
+        return self._query_items("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",
                           [list(item_ids)])
 
     def run(self, run_id: str) -> dict | None:
