@@ -5,7 +5,7 @@
     matrix (base + 7 that train: full, transfer, lora, qlora, adapter, prefix, ia3) with the
     tiny probes of tests/test_probes.py (two lm-eval probes and a frozen-feature probe, over the
     shipped task configs), run in this process so every probe evaluation is counted: base-model
-    evaluations (inside probes._baselines) against tuned-model ones, and model loads.
+    evaluations (inside probes.baselines.base_scores_of) against tuned-model ones, and model loads.
 (b) A finished sweep run again completes in seconds and loads no model: the same matrix swept a
     second time by `harness sweep` in a fresh process, which reports its wall time and whether
     torch, transformers or harness.models (the only place models are loaded) were ever
@@ -60,10 +60,11 @@ def quiet_env() -> None:
 def register_tiny_probes() -> None:
     """The tiny probes of the tests, registered as the tests' fixture registers them."""
     from harness import probes
+    from harness.probes import registry as probe_registry
     from tests.test_probes import TINY
 
     probes.PROBES.update(TINY)
-    probes.ENCODER_DEFAULT = "tiny_feat"
+    probe_registry.ENCODER_DEFAULT = "tiny_feat"
 
 
 def tiny_matrix(root: Path, families: list[str], methods: list[str]) -> Path:
@@ -96,33 +97,35 @@ def counted_sweep(matrix_path: Path, db: Path) -> dict:
     """Sweep in this process, counting probe evaluations (base vs tuned) and model loads."""
     from harness import matrix, models, probes
     from harness.executors import LocalExecutor
+    from harness.probes import baselines as baseline_room
     from harness.store import Store
     from harness.sweep import sweep
 
     evaluations = {"base": collections.Counter(), "tuned": collections.Counter()}
     loads = []
-    baseline_of = [None]  # the model whose base scores probes._baselines is computing
-    real_baselines, real_score, real_load = probes._baselines, probes._Scorer.score, models.load_model
+    baseline_of = [None]  # the model whose base scores base_scores_of is computing
+    real_baselines, real_score, real_load = baseline_room.base_scores_of, probes.Scorer.score, models.load_model
 
-    def baselines(store, model_ref, *args, **kwargs):
-        baseline_of[0] = Path(model_ref).name
+    def baselines(ctx, *args, **kwargs):
+        baseline_of[0] = Path(ctx.model_ref).name
         try:
-            return real_baselines(store, model_ref, *args, **kwargs)
+            return real_baselines(ctx, *args, **kwargs)
         finally:
             baseline_of[0] = None
 
     def score(self, config, folder):
+        name = probes.ProbeConfig.of(config).name
         if baseline_of[0] is None:
-            evaluations["tuned"][config["name"]] += 1
+            evaluations["tuned"][name] += 1
         else:
-            evaluations["base"][(baseline_of[0], config["name"])] += 1
+            evaluations["base"][(baseline_of[0], name)] += 1
         return real_score(self, config, folder)
 
     def load_model(path, head, **kwargs):
         loads.append(Path(path).name)
         return real_load(path, head, **kwargs)
 
-    probes._baselines, probes._Scorer.score, models.load_model = baselines, score, load_model
+    baseline_room.base_scores_of, probes.Scorer.score, models.load_model = baselines, score, load_model
     try:
         loaded = matrix.load(matrix_path)
         start = time.perf_counter()
@@ -130,7 +133,7 @@ def counted_sweep(matrix_path: Path, db: Path) -> dict:
                         echo=lambda line: None)
         seconds = time.perf_counter() - start
     finally:
-        probes._baselines, probes._Scorer.score, models.load_model = real_baselines, real_score, real_load
+        baseline_room.base_scores_of, probes.Scorer.score, models.load_model = real_baselines, real_score, real_load
     computed = Store(db).query("SELECT run_id, config FROM runs WHERE status = 'done'")
     stored_computed = sum(d.get("baseline") == "computed" for cfg in computed["config"]
                           for d in json.loads(cfg).get("probe_runs", []))
@@ -235,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         methods = QUICK_METHODS if args.quick else METHODS
         matrix_path = tiny_matrix(tmp, families, methods)
         db = tmp / "results" / "harness.duckdb"
-        os.environ["HARNESS_DB"] = str(db)
         first = counted_sweep(matrix_path, db)
         pairs = len(first["base_evaluations"])
         lines += ["(a) base-model probe evaluations: tiny models built in code, the tiny probes of the tests",
@@ -255,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"ratio to the first sweep {report['seconds'] / first['seconds']:.3f}"),
                   f"  tiny matrix: {report['summary'].split(': ', 1)[-1]}",
                   f"  tiny matrix: imported {', '.join(report['imported']) or 'none'} of {', '.join(HEAVY)}"]
-        del os.environ["HARNESS_CACHE"], os.environ["HARNESS_DB"]
+        del os.environ["HARNESS_CACHE"]
         if not args.quick:
             smoke_db = tmp / "smoke" / "harness.duckdb"
             cold = harness_sweep("matrices/smoke.yaml", smoke_db)

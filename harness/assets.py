@@ -187,7 +187,7 @@ CATALOG: dict[str, Asset] = {
             build="harness.assets:decompress_bz2_members",
             load_path="rotten_tomatoes.csv",
         ),
-        # Probe data (harness/probes.py): evaluation only, never training data.
+        # Probe data (harness/probes/): evaluation only, never training data.
         Asset(
             name="mmlu",
             kind="dataset",

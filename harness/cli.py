@@ -7,7 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_DB = os.path.join("results", "harness.duckdb")
+from harness.records import DEFAULT_STORE
+
+DEFAULT_DB = str(DEFAULT_STORE)
 INGEST_BATCH = 1000  # record.json files per store transaction in `harness ingest`
 
 
@@ -157,7 +159,6 @@ def cmd_sweep(args) -> int:
     from harness.sweep import sweep
 
     store = Store(args.db)
-    os.environ["HARNESS_DB"] = str(Path(args.db).resolve())  # where runs (and workers) cache probes' base scores
     executor = _executor(args)
     try:
         summary = sweep(loaded, store, Path(args.db).parent, force=args.force or False,
@@ -332,7 +333,7 @@ def _matrix_name(name_or_file: str) -> str:
 
 
 def cmd_ingest(args) -> int:
-    from harness import records
+    from harness import probes, records
     from harness.store import Store
 
     roots = [Path(p) for p in args.paths] or [Path(args.db).parent / "runs"]
@@ -340,9 +341,14 @@ def cmd_ingest(args) -> int:
     for root in roots:
         files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))
     store = Store(args.db)
+    baselines = 0
     for start in range(0, len(files), INGEST_BATCH):  # one transaction per batch, not per record
-        store.write_records(records.read(path) for path in files[start:start + INGEST_BATCH])
-    print(f"ingested {len(files)} records into {args.db}")
+        batch = [records.read(path) for path in files[start:start + INGEST_BATCH]]
+        store.write_records(batch)
+        rows = [row for record in batch for row in probes.baselines_of(record)]
+        store.add_probe_baselines(rows)  # the base probe scores those runs computed (first one kept)
+        baselines += len(rows)
+    print(f"ingested {len(files)} records into {args.db}" + (f" ({baselines} base probe scores)" if baselines else ""))
     return 0
 
 

@@ -27,6 +27,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterator
 
+from harness import records
 from harness.matrix import RunSpec
 from harness.records import RunRecord
 
@@ -48,9 +49,12 @@ class Job:
     results_dir: str  # absolute
     progress: bool = True
     cwd: str = "."
+    # base probe scores the sweep has ({(model, probe, config_hash): score}): the sweep adds the
+    # ones finished runs computed, and each run gets the dict as it is when the run starts
+    baselines: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def run_dir(self, spec: RunSpec) -> Path:
-        return Path(self.results_dir) / "runs" / spec.run_id
+        return records.run_dir(self.results_dir, spec.run_id)
 
 
 # --------------------------------------------------------------------------- inside a worker
@@ -64,7 +68,8 @@ def execute_here(spec: RunSpec, job: Job, threads: int | None = None) -> RunReco
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     from harness import runner
 
-    return runner.execute(spec, sweep=job.sweep, run_dir=job.run_dir(spec), progress=job.progress)
+    return runner.execute(spec, sweep=job.sweep, run_dir=job.run_dir(spec), progress=job.progress,
+                          baselines=job.baselines)
 
 
 def _worker_main(conn, spec: RunSpec, job: Job, env: dict[str, str], threads: int) -> None:
@@ -182,7 +187,8 @@ class LocalExecutor:
 
             for spec in specs:
                 started(spec, "in this process")
-                yield spec, runner.execute(spec, sweep=job.sweep, run_dir=job.run_dir(spec), progress=job.progress)
+                yield spec, runner.execute(spec, sweep=job.sweep, run_dir=job.run_dir(spec), progress=job.progress,
+                                           baselines=dict(job.baselines))
             return
         yield from self._run_workers(specs, job, started)
 

@@ -1,4 +1,5 @@
-"""What produced a result: library versions, the lock file's hash, the project's git revision.
+"""What produced a result and what identifies it: library versions, the lock file's hash, the
+project's git revision, and stable hashes of JSON-able data (run_ids, probe cache keys).
 
 The lock (requirements.lock beside pyproject.toml, written by pip-compile: README "Dependencies")
 is the set of versions the project is tested with; `lock_mismatches` says which installed
@@ -8,17 +9,30 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import platform
 import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Iterable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 VERSIONED = ("harness", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "evaluate",
              "bitsandbytes", "lm_eval")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)")
+# Separators of the run_id's canonical JSON (compact); the probe cache keys were first written
+# with json's default separators (", ", ": ") and keep them so stored base scores stay valid.
+COMPACT = (",", ":")
+JSON_DEFAULT = (", ", ": ")
+
+
+def stable_hash(data: Any, *, separators: tuple[str, str] = COMPACT, length: int = 16) -> str:
+    """The first `length` hex digits of the sha256 of `data` as canonical JSON (sorted keys;
+    values JSON cannot hold are written as str)."""
+    canonical = json.dumps(data, sort_keys=True, separators=separators, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
 def versions() -> dict[str, str]:
@@ -30,8 +44,14 @@ def versions() -> dict[str, str]:
 
 def library_versions() -> dict[str, str]:
     """Python and the main libraries' versions (what a score depends on, unlike a git revision)."""
-    found = {"python": platform.python_version()}
-    for name in VERSIONED:
+    return package_versions(VERSIONED, python=True)
+
+
+def package_versions(names: Iterable[str], *, python: bool = False) -> dict[str, str]:
+    """{package: installed version} for the named distributions that are installed (and the
+    interpreter's version first, with `python`)."""
+    found = {"python": platform.python_version()} if python else {}
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

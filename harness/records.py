@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import files
+
+# The results layout: <results>/harness.duckdb (the default store) and <results>/runs/<run_id>/
+# (record.json, the artifact, the trainer's scratch), where <results> is the store's folder.
+RESULTS_DIR = Path("results")
+DEFAULT_STORE = RESULTS_DIR / "harness.duckdb"
+RUNS_DIR = "runs"
 RECORD_FILE = "record.json"
 STATES = ("pending", "running", "done", "failed", "interrupted", "skipped")
 FINISHED = ("done", "skipped")  # a sweep does not run these again (unless forced)
@@ -37,6 +42,9 @@ class RunRecord:
     # item-level outcomes, one columnar entry per scored split or probe (harness.items.Outcomes.entry):
     # split, metric, and per item: item_id, value, prediction, confidence, weight, input, reference
     items: list[dict[str, Any]] = field(default_factory=list)
+    # base probe scores this run computed (model, probe, config_hash, value, stderr, metric,
+    # higher_is_better): the sweep writes them into the store's probe_baselines
+    probe_baselines: list[dict[str, Any]] = field(default_factory=list)
 
     def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
         self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})
@@ -55,21 +63,14 @@ class RunRecord:
         return cls(**data)
 
 
+def run_dir(results_dir: str | Path, run_id: str) -> Path:
+    """The run's folder under a results folder."""
+    return Path(results_dir) / RUNS_DIR / run_id
+
+
 def write_atomic(record: RunRecord, run_dir: Path) -> Path:
     """Write run_dir/record.json so that a reader sees the old file or the new one, never half."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / RECORD_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".record-", suffix=".json", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record.to_dict(), fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return files.write_text_atomic(Path(run_dir) / RECORD_FILE, json.dumps(record.to_dict(), indent=1, default=str))
 
 
 def read(path: Path) -> RunRecord:

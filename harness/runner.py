@@ -13,6 +13,7 @@ import shutil
 import socket
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness import assets, methods, metrics, provenance, tasks
@@ -33,12 +34,15 @@ def new_record(spec: RunSpec, sweep: str, status: str = "pending") -> RunRecord:
     )
 
 
-def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True) -> RunRecord:
+def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True,
+            baselines: Mapping | None = None) -> RunRecord:
+    """Run one spec. `baselines`: the base probe scores the sweep already has ({(model, probe,
+    config_hash): score}); base scores this run computes come back in `record.probe_baselines`."""
     record = new_record(spec, sweep, status="running")
     record.started_at = now()
     try:
         with _remote_code(spec):
-            _run(spec, record, run_dir, progress)
+            _run(spec, record, run_dir, progress, baselines or {})
         record.status = "done"
     except NotApplicable as why:
         record.status, record.error = "skipped", f"not applicable: {why}"
@@ -61,7 +65,7 @@ def _remote_code(spec: RunSpec):
     return models.remote_code(True)
 
 
-def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> None:
+def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baselines: Mapping) -> None:
     import torch
     from transformers import set_seed
 
@@ -121,7 +125,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool) -> Non
     record.add_metric("efficiency", "peak_memory_mb", peak.mb)
     if spec.probes:
         _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
-               placement=placement, model_path=model_path, before=before, run_dir=run_dir, progress=progress)
+               placement=placement, model_path=model_path, before=before, baselines=baselines, progress=progress)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
 
 
@@ -170,18 +174,19 @@ def _probe_fingerprint(spec: RunSpec, method, model, tokenizer):
 
 
 def _probe(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, head, form, placement, model_path,
-           before, run_dir: Path, progress: bool) -> None:
-    """Forgetting probes on the in-memory model (harness/probes.py); the untrained base model
-    is loaded only if a base score is missing from the store."""
+           before, baselines: Mapping, progress: bool) -> None:
+    """Forgetting probes on the in-memory model (harness/probes/); the untrained base model
+    is loaded only if a base score is missing from the sweep's."""
     from harness import models, probes
 
     def load_base():
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
         return base.to(placement.device)
 
-    probes.run(record, configs=list(spec.probes), model=model, tokenizer=tokenizer, family=family,
-               model_ref=spec.identity()["model"], device=placement.device, dtype=placement.dtype,
-               trains=method.TRAINS, before=before, load_base=load_base, run_dir=run_dir, progress=progress)
+    context = probes.ProbeRun(model=model, tokenizer=tokenizer, family=family, model_ref=spec.identity()["model"],
+                              device=placement.device, dtype=placement.dtype, trains=method.TRAINS, before=before,
+                              load_base=load_base, known=baselines, sweep=record.sweep, progress=progress)
+    probes.run(record, list(spec.probes), context)
 
 
 def _record_training(record: RunRecord, result) -> None:

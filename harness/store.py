@@ -17,10 +17,10 @@ from typing import Iterable
 import duckdb
 import pandas as pd
 
-from harness.records import RunRecord
+from harness.records import DEFAULT_STORE, RunRecord
 
 SCHEMA_VERSION = 1
-DEFAULT_DB = Path("results") / "harness.duckdb"
+DEFAULT_DB = DEFAULT_STORE
 LOCK_WAIT_S = 30.0
 
 SCHEMA = """
@@ -168,9 +168,8 @@ class Store:
 
     def put_probe_baseline(self, model: str, probe: str, config_hash: str, value: float, stderr: float | None,
                            *, metric: str, higher_is_better: bool) -> None:
-        """Cache the base model's score on a probe (harness/probes.py), keyed by the model's
-        canonical reference, the probe and the hash of the probe's config. Runs in other
-        processes read it: the base model is probed once per (model, probe, config)."""
+        """Set the base model's score on a probe (harness/probes/), keyed by the model's
+        canonical reference, the probe and the hash of the probe's config, replacing any."""
         with self._connect() as con:
             for column, sql_type in PROBE_BASELINE_COLUMNS.items():
                 con.execute(f"ALTER TABLE probe_baselines ADD COLUMN IF NOT EXISTS {column} {sql_type}")
@@ -178,6 +177,21 @@ class Store:
                 "INSERT OR REPLACE INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
                 "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [model, probe, config_hash, _finite(value), _finite(stderr), metric, higher_is_better])
+
+    def add_probe_baselines(self, rows: list[dict]) -> None:
+        """Base scores computed by runs ({model, probe, config_hash, value, stderr, metric,
+        higher_is_better}), in one transaction; the first score stored for a key is kept (a
+        base score is a function of its key: a second one is the same measurement again)."""
+        if not rows:
+            return
+        with self._connect() as con:
+            for column, sql_type in PROBE_BASELINE_COLUMNS.items():
+                con.execute(f"ALTER TABLE probe_baselines ADD COLUMN IF NOT EXISTS {column} {sql_type}")
+            con.executemany(
+                "INSERT OR IGNORE INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
+                "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [[r["model"], r["probe"], r["config_hash"], _finite(r["value"]), _finite(r["stderr"]), r["metric"],
+                  r["higher_is_better"]] for r in rows])
 
     def get_probe_baseline(self, model: str, probe: str, config_hash: str) -> dict | None:
         """The cached base score {value, stderr, metric, higher_is_better}, or None."""

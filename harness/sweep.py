@@ -1,7 +1,9 @@
 """Run every cell of a matrix that the store does not already have as done.
 
 The sweep process alone writes results: each run's record.json (atomically) and then the
-store (one short transaction per write, so readers get in between). Runs execute elsewhere,
+store (one short transaction per write, so readers get in between), base probe scores included:
+the sweep reads the ones the store has into the job, and writes those its runs computed and
+returned in their records (harness/probes/baselines.py). Runs execute elsewhere,
 through an executor (harness/executors.py): by default each in its own worker process, so a
 crash, an OOM kill or a CUDA error fails that run only; `--workers N` runs N at a time; Ray
 runs them on a cluster.
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness import assets, records, runner, tasks
+from harness import assets, probes, records, runner, tasks
 from harness.executors import Job, LocalExecutor
 from harness.matrix import Matrix, MatrixError, RunSpec
 from harness.store import Store
@@ -71,8 +73,7 @@ class SweepSummary:
     executor: str = ""
 
 
-def run_dir(results_dir: Path, run_id: str) -> Path:
-    return results_dir / "runs" / run_id
+run_dir = records.run_dir
 
 
 def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str | Iterable[str] = False,
@@ -104,8 +105,13 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
                 echo(f"sweep {sweep_id}: runs execute {summary.executor}")
                 for note in getattr(executor, "notes", []):
                     echo(f"sweep {sweep_id}: note: {note}")
-                job = Job(sweep=sweep_id, results_dir=str(results_dir), progress=progress, cwd=os.getcwd())
-                _execute(todo, job, executor, store, summary, echo)
+                known = probes.known_baselines(store, {spec.identity()["model"] for spec in todo if spec.probes})
+                job = Job(sweep=sweep_id, results_dir=str(results_dir), progress=progress, cwd=os.getcwd(),
+                          baselines=known)
+                try:
+                    _execute(todo, job, executor, store, summary, echo)
+                finally:
+                    probes.clear_handoff(sweep_id)
             finally:
                 executor.close()
     echo(f"sweep {sweep_id}: {len(summary.done)} done, {len(summary.failed)} failed, "
@@ -165,6 +171,7 @@ def _recover(spec: RunSpec, store: Store, results_dir: Path) -> bool:
     if record.run_id != spec.run_id or record.status not in records.FINISHED:
         return False
     store.write_record(record)
+    probes.store_baselines(store, record)
     return True
 
 
@@ -192,6 +199,7 @@ def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSum
                     with signals.critical():
                         records.write_atomic(record, run_dir(results_dir, spec.run_id))
                         store.write_record(record)
+                        probes.store_baselines(store, record, job.baselines)
                         inflight.pop(spec.run_id, None)
                     bucket = {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed)
                     bucket.append(spec.run_id)
@@ -264,10 +272,8 @@ class SweepLock:
         self._fh = None
 
     def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # no advisory locks on this platform: one sweep per store is on the user
-            return self
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(self.path, "a+")  # noqa: SIM115 - held for the sweep
         try:

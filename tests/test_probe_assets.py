@@ -48,7 +48,7 @@ def test_real_probes_on_the_packaged_models():
     separate MMLU supercategories far above chance."""
     path = assets.resolve("smollm2-135m", "model")
     tokenizer = models.load_tokenizer(path, "decoder")
-    scorer = probes._Scorer(models.load_model(path, "causal_lm", tokenizer=tokenizer), tokenizer, "float32")
+    scorer = probes.Scorer(models.load_model(path, "causal_lm", tokenizer=tokenizer), tokenizer, "float32")
     for name, options in (("strategyqa", {"size": 8}), ("wiki", {"size": 1, "chars": 500})):
         cfg = probes.parse_entries([{name: options}])[0][0]
         score, metric, higher, _ = scorer.score(cfg, probes.prepare(cfg))

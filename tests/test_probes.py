@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import matrix, probes, runner
+from harness.probes import registry as probe_registry
 from harness.records import RunRecord
 from harness.store import Store
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, write_matrix
@@ -20,25 +21,25 @@ WORDS = POSITIVE + NEGATIVE + FILLER
 def tiny_choice_rows(entry, options) -> list[dict]:
     import random
 
-    rng = random.Random(options["seed"])
+    rng = random.Random(options.seed)
     return [{"subject": "film", "question": " ".join(rng.sample(FILLER, 5)),
              "choices": [" ".join(rng.sample(WORDS, k)) for k in (1, 2, 3, 1)], "answer": i % 4}
-            for i in range(options["size"])]
+            for i in range(options.size)]
 
 
 def tiny_text_rows(entry, options) -> list[dict]:
     import random
 
-    rng = random.Random(options.get("seed", 0))
-    return [{"text": " ".join(rng.choice(WORDS) for _ in range(40))} for _ in range(options["size"])]
+    rng = random.Random(getattr(options, "seed", 0))
+    return [{"text": " ".join(rng.choice(WORDS) for _ in range(40))} for _ in range(options.size)]
 
 
 def tiny_feature_rows(entry, options) -> list[dict]:
     import random
 
-    rng = random.Random(options["seed"])
+    rng = random.Random(options.seed)
     rows = []
-    for split, n in (("train", options["train_size"]), ("test", options["test_size"])):
+    for split, n in (("train", options.train_size), ("test", options.test_size)):
         for i in range(n):
             label = i % 2
             words = rng.sample(FILLER, 3) + rng.sample(POSITIVE if label else NEGATIVE, 2)
@@ -59,12 +60,11 @@ TINY = {
 
 @pytest.fixture
 def tiny_probes(monkeypatch, tmp_path):
-    """The tiny probes registered, an empty probe cache, no store named by the environment."""
+    """The tiny probes registered, an empty probe cache."""
     for name, probe in TINY.items():
         monkeypatch.setitem(probes.PROBES, name, probe)
-    monkeypatch.setattr(probes, "ENCODER_DEFAULT", "tiny_feat")
+    monkeypatch.setattr(probe_registry, "ENCODER_DEFAULT", "tiny_feat")
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(probes.DB_ENV, raising=False)
     return TINY
 
 
@@ -92,7 +92,7 @@ def test_probe_scores_exactly_what_lm_eval_simple_evaluate_scores(tiny_probes, t
     cfg = config(name, size=12)
     folder = probes.prepare(cfg)
     model, tokenizer = load_decoder(tiny_models["decoder"])
-    score, metric, higher, _ = probes._Scorer(model, tokenizer, "float32").score(cfg, folder)
+    score, metric, higher, _ = probes.Scorer(model, tokenizer, "float32").score(cfg, folder)
 
     other, other_tok = load_decoder(tiny_models["decoder"])  # lm-eval on its own, on a fresh copy
     task = probes.get(name).task_name
@@ -135,7 +135,7 @@ def test_project_probes_never_load_lm_eval_default_task_index(tiny_probes, tiny_
     monkeypatch.setattr(lm_eval.tasks.TaskManager, "__init__", spy)
     cfg = config("tiny_mc", size=4)
     model, tokenizer = load_decoder(tiny_models["decoder"])
-    probes._Scorer(model, tokenizer, "float32").score(cfg, probes.prepare(cfg))
+    probes.Scorer(model, tokenizer, "float32").score(cfg, probes.prepare(cfg))
     assert seen == [False]
 
 
@@ -208,12 +208,16 @@ probes: {json.dumps(probe_entries)}
 
 
 def execute_all(loaded, results) -> list[RunRecord]:
-    """Each run through runner.execute, in order, stored as the sweep stores it."""
+    """Each run through runner.execute, in order, given the store's base scores and stored as
+    the sweep stores it (the record, then the base scores it computed)."""
     store = Store(results / "harness.duckdb")
     out = []
     for spec in loaded.runs:
-        record = runner.execute(spec, sweep="test", run_dir=results / "runs" / spec.run_id, progress=False)
+        known = probes.known_baselines(store)
+        record = runner.execute(spec, sweep="test", run_dir=results / "runs" / spec.run_id, progress=False,
+                                baselines=known)
         store.write_record(record)
+        probes.store_baselines(store, record)
         out.append(record)
     return out
 
@@ -287,6 +291,74 @@ def test_base_scores_are_computed_once_and_cached_in_the_store(tiny_probes, tiny
     (record,) = execute_all(other, results)
     assert record.config["probe_runs"][0]["baseline"] == "computed" and len(loads) == 2
     assert len(Store(results / "harness.duckdb").probe_baselines()) == 3
+
+
+def test_a_sweep_writes_base_scores_into_its_own_store_and_nowhere_else(tiny_probes, tiny_models, tiny_dataset,
+                                                                         tmp_path, monkeypatch):
+    """The Python API with a store not named harness.duckdb: the runs never open a store, the
+    sweep (the driver) writes the base scores they computed into its store, first writer wins,
+    and a later run of the sweep is handed them instead of computing them again."""
+    from harness.executors import LocalExecutor
+    from harness.sweep import sweep
+
+    opened, in_run = [], [False]
+    real_connect, real_execute = Store._connect, runner.execute
+
+    def connect(self, *args, **kwargs):
+        opened.append((Path(self.path).resolve(), in_run[0]))
+        return real_connect(self, *args, **kwargs)
+
+    def execute(*args, **kwargs):
+        in_run[0] = True
+        try:
+            return real_execute(*args, **kwargs)
+        finally:
+            in_run[0] = False
+
+    monkeypatch.setattr(Store, "_connect", connect)
+    monkeypatch.setattr(runner, "execute", execute)
+    results = tmp_path / "results"
+    store = Store(results / "mine.duckdb")
+    loaded = matrix.load(write_matrix(tmp_path, tiny_matrix(tiny_models, tiny_dataset, ["full", "base"],
+                                                            PROBES_UNDER_TEST)))
+    summary = sweep(loaded, store, results, executor=LocalExecutor(in_process=True), progress=False,
+                    echo=lambda line: None)
+    assert len(summary.done) == 2, summary.failed
+    cached = store.probe_baselines()
+    assert sorted(cached["probe"]) == ["tiny_mc", "tiny_ppl"]
+    assert {path for path, _ in opened} == {store.path.resolve()}  # no other store was ever opened
+    assert not [1 for _, inside in opened if inside]  # and none inside a run
+    assert sorted(p.name for p in tmp_path.rglob("*.duckdb")) == ["mine.duckdb"]
+    full, base = (records_read(results, spec.run_id) for spec in loaded.runs)
+    assert [d["baseline"] for d in full.config["probe_runs"]] == ["computed", "computed"]
+    assert len(full.probe_baselines) == 2 and base.probe_baselines == []
+    assert [d["baseline"] for d in base.config["probe_runs"]] == ["cached", "cached"]  # handed on by the sweep
+    # `harness ingest` rebuilds the base scores from the record.json files
+    from harness import cli
+
+    assert cli.main(["ingest", str(results / "runs"), "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
+    assert probes.known_baselines(Store(tmp_path / "rebuilt.duckdb")) == probes.known_baselines(store)
+
+
+def test_the_first_base_score_stored_for_a_key_is_kept(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    row = {"model": "m", "probe": "p", "config_hash": "h", "value": 0.4, "stderr": None, "metric": "acc",
+           "higher_is_better": True}
+    record = RunRecord(run_id="r", matrix="m", sweep="s", model="x", method="full", task="t", seed=0, config={},
+                       probe_baselines=[row])
+    known = {}
+    assert probes.store_baselines(store, record, known) == 1
+    record.probe_baselines = [{**row, "value": 0.9}]
+    probes.store_baselines(store, record, known)
+    assert store.get_probe_baseline("m", "p", "h")["value"] == 0.4 and known[("m", "p", "h")]["value"] == 0.4
+    assert probes.known_baselines(store) == {("m", "p", "h"): {"value": 0.4, "stderr": None, "metric": "acc",
+                                                              "higher_is_better": True}}
+
+
+def records_read(results, run_id) -> RunRecord:
+    from harness import records
+
+    return records.read(records.run_dir(results, run_id) / records.RECORD_FILE)
 
 
 def test_leaderboard_and_export_gain_probe_and_forgetting_columns(tiny_probes, tiny_models, tiny_dataset,
@@ -457,7 +529,7 @@ def test_config_hash_covers_options_placement_and_data_but_not_the_model():
 def test_only_encoders_fall_back_to_the_default_feature_probe():
     lm_only = [config("mmlu"), config("wiki")]
     assert probes.for_family(lm_only, "decoder") == lm_only
-    assert [c["name"] for c in probes.for_family(lm_only, "encoder")] == [probes.ENCODER_DEFAULT]
+    assert [c["name"] for c in probes.for_family(lm_only, "encoder")] == [probe_registry.ENCODER_DEFAULT]
     assert probes.for_family([], "encoder") == []
     both = lm_only + [config("mmlu_topics", train_size=40)]
     assert probes.for_family(both, "encoder") == [both[-1]]
@@ -503,4 +575,4 @@ def test_a_builtin_lm_eval_task_goes_through_lm_eval_own_index(tiny_models):
     cfg = config("lm_eval:no_such_task_anywhere", limit=5)
     assert probes.get(cfg["name"]).task_name == "no_such_task_anywhere"
     with pytest.raises(probes.ProbeError, match="lm-eval has no task 'no_such_task_anywhere'"):
-        probes._Scorer(model, tokenizer, "float32").score(cfg, probes.prepare(cfg))
+        probes.Scorer(model, tokenizer, "float32").score(cfg, probes.prepare(cfg))
