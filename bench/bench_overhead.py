@@ -13,7 +13,7 @@ data, training, scoring, and for the harness its store writes and artifact):
   forked from a preloaded fork server), what a user gets by default (full mode only);
 - the plain script (`plain_run` below, run as `bench_overhead.py --child-plain CONFIG`):
   transformers + peft directly, no harness code in the timed work except resolving the cached
-  model path and `harness.tasks.classification.load_splits` with the same options, so the
+  model path and `harness.tasks.sentiment.load_splits` with the same options, so the
   examples are identical. Same tokenization (truncation to max_length, dynamic padding), same
   seed before the model is built (so the new classifier head starts the same), the same LoRA
   config, fused AdamW (the Trainer's default here), linear decay with no warm-up, gradient
@@ -89,7 +89,7 @@ def plain_run(cfg: dict) -> dict:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from harness import assets
-    from harness.tasks.classification import load_splits
+    from harness.tasks.sentiment import load_splits
 
     imported = time.perf_counter()
     training, lora = cfg["training"], cfg["lora"]
@@ -173,7 +173,7 @@ def plain_config(cfg: dict, matrix_path: Path) -> dict:
     """The plain script's settings: the matrix's, with the task options completed by their
     defaults exactly as the harness completes them (checked against the parsed matrix)."""
     from harness import matrix
-    from harness.tasks.classification import Options
+    from harness.tasks.sentiment import Options
 
     task_options = Options(**cfg["task_options"]).model_dump()
     spec = matrix.load(matrix_path).runs[0]

@@ -4,7 +4,7 @@ of the harness's real training path as a fraction of this CPU's dense-matmul FLO
 (a) The peak: torch.matmul of two n x n matrices (n = 2048) at float32 and at bfloat16, best of
     several, with torch's current thread count; FLOPs = 2 n^3.
 (b) The harness: `harness.train.train` (the Trainer path every run takes) on SmolLM2-135M with
-    the sentiment task's verbalizer formulation (harness.tasks.classification: prompt, left
+    the sentiment task's verbalizer formulation (harness.tasks.sentiment: prompt, left
     padding to the longest prompt of the batch, logits at the last position only, loss on the
     label token), for full fine-tuning and LoRA (r 8, alpha 16, all-linear: the harness's
     defaults), `--steps` timed optimizer steps after `--warmup` untimed ones. The bench hooks
@@ -109,7 +109,7 @@ def convention_flops(method: str, weights: dict, tokens: int) -> float:
 def setup(args, tmp: Path) -> tuple[str, dict]:
     """(model path, task options) for SmolLM2 + Rotten Tomatoes, or the tiny ones (--quick)."""
     from harness import assets
-    from harness.tasks.classification import Options
+    from harness.tasks.sentiment import Options
 
     steps = args.warmup + args.steps
     # Four times the examples the run takes: the Trainer's length grouping sorts megabatches of a
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness import models
     from harness.matrix import TrainingConfig
-    from harness.tasks.classification import load_splits
+    from harness.tasks.sentiment import load_splits
 
     lines = [(f"train-efficiency benchmark: {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.1f} at the start")]

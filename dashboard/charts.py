@@ -7,10 +7,12 @@ import math
 import altair as alt
 import pandas as pd
 
-# Efficiency columns, lower is better (except throughput), in the order the selectors offer them.
+from harness import leaderboard
+
+# Efficiency columns in the order the selectors offer them: the costs, then throughput.
 COSTS = ("trainable_params", "peak_memory_mb", "train_time_s", "artifact_mb", "trainable_pct", "total_params",
          "eval_time_s")
-HIGHER_IS_BETTER = ("train_tokens_per_s",)
+THROUGHPUT = tuple(leaderboard.EFFICIENCY_HIGHER_IS_BETTER)
 LOG_BY_DEFAULT = ("trainable_params", "total_params")
 # Vega expression: 0, 10, 100, 1k, 10k, ... 1M, ... 1G for powers of ten on a log-like axis.
 SI_LABEL = ("datum.value < 1e3 ? format(datum.value, 'd') : datum.value < 1e6 ? format(datum.value / 1e3, 'd') + 'k'"
@@ -28,9 +30,12 @@ HELP = {
 }
 
 
-def lower_is_better(column: str) -> bool:
-    return (column in COSTS or column.startswith("forgetting_") or column.endswith("loss")) \
-        and column not in HIGHER_IS_BETTER
+def lower_is_better(column: str, task: str | None = None) -> bool:
+    """The column's declared direction (harness/leaderboard.py reads the task's and the probes'
+    declarations); std and interval columns follow their metric."""
+    for suffix in ("_std", "_ci95"):
+        column = column.removesuffix(suffix)
+    return not leaderboard.higher_is_better(column, task)
 
 
 def score_columns(table: pd.DataFrame) -> list[str]:
@@ -42,18 +47,18 @@ def score_columns(table: pd.DataFrame) -> list[str]:
 
 
 def cost_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in COSTS + HIGHER_IS_BETTER if c in table.columns]
+    return [c for c in COSTS + THROUGHPUT if c in table.columns]
 
 
 def forgetting_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith(("_std", "_ci95"))]
 
 
-def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:
+def pareto_front(points: pd.DataFrame, x: str, y: str, task: str | None = None) -> pd.Series:
     """True for the points that no other point beats on both axes (each axis in its own better
     direction, see `lower_is_better`); points missing either value are never on the front."""
-    xs = points[x].astype(float) * (1 if lower_is_better(x) else -1)
-    ys = points[y].astype(float) * (-1 if lower_is_better(y) else 1)
+    xs = points[x].astype(float) * (1 if lower_is_better(x, task) else -1)
+    ys = points[y].astype(float) * (-1 if lower_is_better(y, task) else 1)
     valid = xs.notna() & ys.notna()
     front = pd.Series(False, index=points.index)
     best = float("-inf")
@@ -70,18 +75,19 @@ def short_model(model: str) -> str:
     return str(model).rstrip("/").rsplit("/", 1)[-1]
 
 
-def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False) -> alt.Chart:
+def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False,
+                   task: str | None = None) -> alt.Chart:
     """Scatter of `y` against `x`, colored by method, shaped by model, with the Pareto front
     drawn as a dashed step line and its points ringed. `points` needs a `pareto` column."""
     data = points.assign(model_name=points["model"].map(short_model))
     if log_x:  # symlog, not log: a base row trains 0 parameters
         top = max(float(data[x].max(skipna=True) or 1), 1)
         ticks = [0] + [10 ** k for k in range(1, math.ceil(math.log10(top)) + 1)]
-        x_enc = alt.X(x, type="quantitative", title=_axis_title(x), scale=alt.Scale(type="symlog"),
+        x_enc = alt.X(x, type="quantitative", title=_axis_title(x, task), scale=alt.Scale(type="symlog"),
                       axis=alt.Axis(values=ticks, labelExpr=SI_LABEL))
     else:
-        x_enc = alt.X(x, type="quantitative", title=_axis_title(x), scale=alt.Scale(zero=False))
-    y_enc = alt.Y(y, type="quantitative", title=_axis_title(y), scale=alt.Scale(zero=False))
+        x_enc = alt.X(x, type="quantitative", title=_axis_title(x, task), scale=alt.Scale(zero=False))
+    y_enc = alt.Y(y, type="quantitative", title=_axis_title(y, task), scale=alt.Scale(zero=False))
     tooltip = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y) if c in data.columns]
     dots = alt.Chart(data).mark_point(filled=True, size=90, opacity=0.85).encode(
         x=x_enc, y=y_enc, color=alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique()))),
@@ -113,6 +119,6 @@ def curves_chart(long: pd.DataFrame, *, log_y: bool = False) -> alt.Chart:
     ).properties(height=420)
 
 
-def _axis_title(column: str) -> str:
-    arrow = "lower is better" if lower_is_better(column) else "higher is better"
+def _axis_title(column: str, task: str | None = None) -> str:
+    arrow = "lower is better" if lower_is_better(column, task) else "higher is better"
     return f"{column} ({arrow})"

@@ -47,7 +47,8 @@ def leaderboard(store: Store, f: Filters) -> None:
     left, right = st.columns([3, 1])
     sort_by = left.selectbox("sort by", ["leaderboard order"] + list(board.columns),
                              help="leaderboard order: test primary metric, best first")
-    descending = right.toggle("descending", value=not (charts.lower_is_better(sort_by) or sort_by in ("model", "method")))
+    unordered = sort_by in ("model", "method")
+    descending = right.toggle("descending", value=not (unordered or charts.lower_is_better(sort_by, f.task)))
     if sort_by != "leaderboard order":
         board = board.sort_values(sort_by, ascending=not descending, kind="stable").reset_index(drop=True)
     st.dataframe(board, hide_index=True, column_config=_column_config(board))
@@ -97,7 +98,7 @@ def tradeoffs(store: Store, f: Filters) -> None:
         x = left.selectbox("cost (x axis)", charts.cost_columns(points))
         y = mid.selectbox("score (y axis)", charts.score_columns(points))
         log_x = right.checkbox("log x", value=x in charts.LOG_BY_DEFAULT)
-        _pareto_plot(points, x, y, log_x=log_x)
+        _pareto_plot(points, x, y, log_x=log_x, task=f.task)
     learning_vs_forgetting(store, f)
 
 
@@ -112,12 +113,12 @@ def learning_vs_forgetting(store: Store, f: Filters) -> None:
     st.caption("One point per run. task_gain = the run's test score minus the mean of the base method's runs "
                "of the same model; forgetting = how much worse the tuned model does on the probe than the base "
                "model (base - tuned for accuracies, tuned - base for bits per byte), so right = forgot more.")
-    _pareto_plot(table, x, "task_gain", log_x=False)
+    _pareto_plot(table, x, "task_gain", log_x=False, task=f.task)
 
 
-def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool) -> None:
-    points = points.assign(pareto=charts.pareto_front(points, x, y))
-    st.altair_chart(charts.tradeoff_chart(points, x, y, log_x=log_x), width="stretch")
+def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str) -> None:
+    points = points.assign(pareto=charts.pareto_front(points, x, y, task))
+    st.altair_chart(charts.tradeoff_chart(points, x, y, log_x=log_x, task=task), width="stretch")
     shown = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y, "pareto") if c in points.columns]
     with st.expander("points", expanded=False):
         st.dataframe(points[shown].sort_values(x), hide_index=True)

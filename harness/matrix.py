@@ -7,8 +7,6 @@ matrix files is the same run. Nothing heavy is imported here.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness import assets, methods, probes, tasks
+from harness import assets, methods, probes, provenance, tasks
+from harness.registry import entry_problem, split_entry
 
 AXES = ("model", "method", "task", "seed")
 
@@ -219,8 +218,7 @@ class RunSpec:
 
 
 def run_id(identity: dict[str, Any]) -> str:
-    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return provenance.stable_hash(identity)
 
 
 def _anchor(ref: str, base_dir: str) -> str:
@@ -379,16 +377,13 @@ def _named_entries(entries, where: str, registry: dict, problems: _Problems) -> 
     out, seen = [], set()
     kind = where[:-1]
     for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            name, options = entry, {}
-        elif len(entry) == 1:
-            name, options = next(iter(entry.items()))
-            options = options or {}
-        else:
-            problems.add(f"{where}[{i}]", f"expected one {kind} name with its options, got keys {sorted(entry)}")
+        split = split_entry(entry)
+        if split is None:
+            problems.add(f"{where}[{i}]", entry_problem(entry, kind))
             continue
+        name, options = split
         if name not in registry:
-            problems.add(f"{where}[{i}]", f"unknown {kind} {name!r}: expected one of {', '.join(registry)}")
+            problems.add(f"{where}[{i}]", registry.unknown(name))
         elif name in seen:
             problems.add(f"{where}[{i}]", f"duplicate {kind} {name!r}")
         else:
@@ -458,8 +453,8 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
 def _task_options_usable(cell: dict, options: dict, origin: dict, default_path: str, base_dir: Path,
                          problems: _Problems) -> bool:
     """The task's own check of a run's options (e.g. no training on evaluation-only data)."""
-    check = getattr(tasks.REGISTRY[cell["task"]], "check_options", None)
-    found = check(options, methods.REGISTRY[cell["method"]].TRAINS, base_dir) if check else []
+    found = tasks.check_options(tasks.REGISTRY[cell["task"]], options, methods.REGISTRY[cell["method"]].TRAINS,
+                                base_dir)
     for field_name, what in found:
         key = field_name.split("[")[0].split(".")[0]
         problems.add(f"{origin.get(key, default_path)}.{field_name}",

@@ -156,8 +156,7 @@ def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], 
 
 def _refuse_unusable_options(task, spec: RunSpec, method) -> None:
     """The matrix checks this before a sweep starts; specs built another way are checked here."""
-    check = getattr(task, "check_options", None)
-    found = check(spec.task_options, method.TRAINS, Path(spec.base_dir)) if check else []
+    found = tasks.check_options(task, spec.task_options, method.TRAINS, Path(spec.base_dir))
     if found:
         raise ValueError("; ".join(f"task_options.{where}: {what}" for where, what in found))
 

@@ -1,6 +1,7 @@
-"""The DuckDB store: schema, record ingest, leaderboard queries, CSV export.
+"""The DuckDB store: schema, record ingest, the queries behind the leaderboard and the
+dashboard, CSV export.
 
-The only module that knows SQL. Writers hold the database file only for one short transaction
+The only module that knows SQL (the leaderboard's statistics are pandas, harness/leaderboard.py). Writers hold the database file only for one short transaction
 at a time (DuckDB lets a single process open a file read-write), so the dashboard and
 `harness status` can read between a sweep's writes; both sides retry while the other holds it.
 Long format (one row per metric) so new metrics need no migration.
@@ -17,6 +18,7 @@ from typing import Iterable
 import duckdb
 import pandas as pd
 
+from harness import leaderboard as boards
 from harness.records import DEFAULT_STORE, RunRecord
 
 SCHEMA_VERSION = 1
@@ -52,11 +54,6 @@ PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "c
 ITEM_COLUMNS = ("run_id", "split", "metric", "item_id", "value", "prediction", "confidence", "weight")
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
                "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
-
-# Efficiency columns of a leaderboard, in display order.
-EFFICIENCY = ("trainable_params", "total_params", "trainable_pct", "train_time_s", "train_tokens_per_s",
-              "peak_memory_mb", "artifact_mb")
-
 
 class StoreError(RuntimeError):
     pass
@@ -343,52 +340,11 @@ class Store:
         )
 
     def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
-        """One row per model x method over the matrix's done runs of `task`: task metrics on the
-        test split and on any extra test sets (mean and std over seeds, n, and `_ci95`: the
-        half-width of the 95% t-interval of the mean, so the interval is mean +- _ci95), the
-        primary metric on validation, and costs.
-
-        When a method ran with several learning rates, the row is the learning rate with the
-        best mean validation score (higher is better; ties go to the smaller rate); its test
-        scores are reported and `lrs_tried` says how many rates competed. Test scores never
-        take part in the choice."""
-        long = self.run_metrics(matrix, task)
-        states = self.cell_states(matrix, task)
-        if long.empty:
-            return _with_cell_states(pd.DataFrame(columns=["model", "method"]), states)
-        primary = long["primary_metric"].dropna().iloc[0]
-        long["column"] = [
-            _column(kind, name, split)
-            for kind, name, split in zip(long["kind"], long["name"], long["split"])
-        ]
-        axes = long.drop_duplicates("run_id").set_index("run_id")[["model", "method", "lr", "seed"]]
-        values = long.pivot_table(index="run_id", columns="column", values="value", aggfunc="first")
-        wide = axes.join(values).reset_index()
-        wide, lrs_tried = _best_lr_by_validation(wide, f"validation_{primary}")
-        test_cols = [c for c in wide.columns if isinstance(c, str) and c.startswith("test_")]
-        extra_sets = long[(long["kind"] == "task") & ~long["split"].isin(["train", "validation", "test"])]
-        ordered = [f"test_{primary}"] + sorted(c for c in test_cols if c != f"test_{primary}")
-        ordered += sorted(set(extra_sets["column"]))  # extra test sets (a task's eval_datasets)
-        value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
-        value_cols += [c for c in EFFICIENCY if c in wide]
-        forgetting = sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("forgetting_"))
-        value_cols += forgetting  # how much worse than the base model, per probe, once runs have probes
-        value_cols += sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("probe_")
-                             and not c.startswith("probe_base_"))  # the tuned scores
-        grouped = wide.groupby(["model", "method"], sort=False)
-        board = grouped.size().rename("n_seeds").to_frame()
-        for col in value_cols:
-            board[col] = grouped[col].mean()
-            if col in ordered or col in forgetting:
-                board[f"{col}_std"] = grouped[col].std(ddof=1)
-                board[f"{col}_ci95"] = _ci95_half_width(board[f"{col}_std"], grouped[col].count())
-        board["lr"] = grouped["lr"].first()
-        board["lrs_tried"] = lrs_tried
-        costs = [c for c in EFFICIENCY if c in board]
-        scores = [c for c in board.columns if c not in costs and c not in ("lr", "lrs_tried")]
-        board = board[scores + ["lr", "lrs_tried"] + costs]
-        board = board.reset_index().sort_values(f"test_{primary}", ascending=False, kind="stable")
-        return _with_cell_states(board.reset_index(drop=True), states)
+        """One row per model x method over the matrix's done runs of `task`, best first, then
+        the cells without a done run (harness/leaderboard.py computes it from `run_metrics` and
+        `cell_states`)."""
+        return boards.with_cell_states(boards.build(self.run_metrics(matrix, task), task),
+                                       self.cell_states(matrix, task))
 
     def cell_states(self, matrix: str, task: str) -> pd.DataFrame:
         """Per model x method of the matrix's runs of `task`: how many runs are in each state,
@@ -405,15 +361,7 @@ class Store:
         """`leaderboard` rows of the given models and methods (None: all), same columns as
         `harness export` writes (rows are model x method, so filtering rows after aggregating is
         the same as aggregating the filtered runs; filter values never reach SQL)."""
-        board = self.leaderboard(matrix, task)
-        if board.empty:
-            return board
-        keep = pd.Series(True, index=board.index)
-        if models is not None:
-            keep &= board["model"].isin(models)
-        if methods is not None:
-            keep &= board["method"].isin(methods)
-        return board[keep].reset_index(drop=True)
+        return boards.keep_rows(self.leaderboard(matrix, task), models=models, methods=methods)
 
     def run_table(self, matrix: str, task: str, *, models: list[str] | None = None,
                   methods: list[str] | None = None, sweeps: list[str] | None = None) -> pd.DataFrame:
@@ -428,10 +376,7 @@ class Store:
         )
         if long.empty:
             return pd.DataFrame()
-        long["column"] = [_column(*key) for key in zip(long["kind"], long["name"], long["split"])]
-        wide = long.pivot_table(index=["model", "method", "seed", "run_id"], columns="column",
-                                values="value", aggfunc="first").reset_index()
-        wide.columns.name = None
+        wide = boards.wide_runs(long, ["model", "method", "seed", "run_id"])
         wide.insert(4, "primary_metric", long["primary_metric"].dropna().iloc[0])
         return wide
 
@@ -442,11 +387,7 @@ class Store:
         table = self.run_table(matrix, task, models=models, methods=methods, sweeps=sweeps)
         if table.empty:
             return table
-        score = f"test_{table['primary_metric'].iloc[0]}"
-        base = self.run_table(matrix, task, methods=["base"])
-        base_mean = base.groupby("model")[score].mean() if score in base else pd.Series(dtype=float)
-        table["task_gain"] = table[score] - table["model"].map(base_mean).astype(float)
-        return table
+        return boards.task_gain(table, self.run_table(matrix, task, methods=["base"]))
 
     def facets(self, matrix: str) -> pd.DataFrame:
         """The distinct (task, model, method, sweep) of the matrix's runs, with their run counts."""
@@ -574,64 +515,6 @@ class Store:
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
-
-
-def _with_cell_states(board: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
-    """Every model x method cell of the matrix, done or not: `status` is `done` when all its runs
-    are, the shared state when none is (failed, skipped, interrupted, running, pending), else
-    `partial`; `runs` counts them per state and `error` is the first error of a run not done.
-    Cells without a done run come last, with empty scores, so a failed or skipped method is never
-    mistaken for one that was not asked for."""
-    if states.empty:
-        return board.assign(status=pd.Series(dtype=str), runs=pd.Series(dtype=str), error=pd.Series(dtype=str))
-    cells = []
-    for (model, method), group in states.groupby(["model", "method"], sort=False):
-        kinds = set(group["status"])
-        status = kinds.pop() if len(kinds) == 1 else ("partial" if "done" in kinds else "mixed")
-        errors = group.loc[group["status"] != "done", "error"].dropna()
-        cells.append({"model": model, "method": method, "status": status,
-                      "runs": ", ".join(f"{s} {n}" for s, n in zip(group["status"], group["runs"])),
-                      "error": errors.iloc[0] if len(errors) else None})
-    cells = pd.DataFrame(cells)
-    ranked = board.merge(cells, on=["model", "method"], how="left")
-    keys = pd.MultiIndex.from_frame(cells[["model", "method"]])
-    unfinished = cells[~keys.isin(pd.MultiIndex.from_frame(board[["model", "method"]]))]
-    return pd.concat([ranked, unfinished], ignore_index=True) if len(unfinished) else ranked
-
-
-def _ci95_half_width(std: pd.Series, n: pd.Series) -> pd.Series:
-    """Half-width of the 95% confidence interval of a mean over n seeds (Student's t with n - 1
-    degrees of freedom): the interval is mean +- this. NaN below two seeds."""
-    from scipy import stats  # only leaderboards need it: keep it off the CLI's import path
-
-    n = n.astype(float)
-    t = pd.Series(stats.t.ppf(0.975, (n - 1).clip(lower=1)), index=n.index)
-    return (t * std / n.pow(0.5)).where(n >= 2)
-
-
-def _best_lr_by_validation(wide: pd.DataFrame, validation_col: str) -> tuple[pd.DataFrame, pd.Series]:
-    """Keep, per model x method, the runs of the learning rate with the best mean validation
-    score; also return how many learning rates each model x method tried."""
-    keys = ["model", "method"]
-    lr_key = wide["lr"].fillna(-1.0)  # methods without a learning rate (base) form one group
-    tried = wide.assign(lr_key=lr_key).groupby(keys, sort=False)["lr_key"].nunique()
-    if validation_col not in wide or (tried <= 1).all():
-        return wide, tried
-    scores = wide.assign(lr_key=lr_key).groupby(keys + ["lr_key"])[validation_col].mean().fillna(float("-inf"))
-    scores = scores.reset_index().sort_values(keys + [validation_col, "lr_key"], ascending=[True, True, False, True])
-    best = scores.drop_duplicates(keys)[keys + ["lr_key"]]
-    kept = wide.assign(lr_key=lr_key).merge(best, on=keys + ["lr_key"]).drop(columns="lr_key")
-    return kept, tried
-
-
-def _column(kind, name, split) -> str:
-    """A metric's column in the wide tables: `trainable_params` (efficiency), `test_accuracy`
-    (task), `probe_<name>[_<split>]`, `probe_base_<name>[_<split>]`, `forgetting_<name>[_<split>]`."""
-    if kind == "efficiency":
-        return name
-    if kind in ("probe", "probe_base", "forgetting"):
-        return f"{kind}_{name}" + (f"_{split}" if isinstance(split, str) else "")
-    return f"{split}_{name}"
 
 
 def _axes_filter(models, methods, sweeps) -> tuple[str, list]:

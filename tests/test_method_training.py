@@ -11,7 +11,7 @@ from harness import models
 from harness.matrix import TrainingConfig
 from harness.methods import REGISTRY, load_kwargs
 from harness.methods.common import count_parameters
-from harness.tasks import classification as task
+from harness.tasks import sentiment as task
 
 HEADS = {"encoder": "sequence_classification", "decoder": "causal_lm"}
 PEFT_METHODS = ("lora", "qlora", "ia3", "prompt")

@@ -15,7 +15,7 @@ from harness import cli, models, plan
 from harness.matrix import RunSpec, TrainingConfig
 from harness.methods import REGISTRY, load_kwargs
 from harness.methods.common import count_parameters
-from harness.tasks import classification as task
+from harness.tasks import sentiment as task
 from tests.conftest import write_matrix
 
 ROOT = Path(__file__).parents[1]

@@ -8,7 +8,7 @@ import torch
 from harness import models
 from harness.matrix import TrainingConfig
 from harness.methods import REGISTRY, load_kwargs
-from harness.tasks import classification as task
+from harness.tasks import sentiment as task
 from tests.conftest import build_tiny_decoder
 
 EXAMPLES = [{"text": "great wonderful film", "label": 1}, {"text": "awful boring plot", "label": 0}]

@@ -8,7 +8,7 @@ import pytest
 from harness import assets, matrix, models
 from harness.store import Store
 from harness.sweep import sweep
-from harness.tasks import classification as task
+from harness.tasks import sentiment as task
 from tests.conftest import write_matrix
 
 pytestmark = pytest.mark.assets

@@ -1,22 +1,55 @@
 """Fine-tuning methods behind one interface; adding a method = one module + one line below.
 
-Each method module provides:
-    NAME      the name used in matrices
-    Options   a pydantic model of its options (documented fields, defaults, validation)
-    TRAINS    False only for the untrained reference row
-    apply(model, options: dict, family: str, head: str) -> model ready to train
-    save(model, path: Path) -> writes exactly what the method trained (the run's artifact)
-and optionally
-    load_kwargs(options: dict, placement) -> extra from_pretrained arguments (quantization)
-apply raises common.NotApplicable when the method cannot apply to the model: the run is then
-recorded as skipped, with the reason. Modules import torch/peft inside functions: the matrix
-validator imports only the options.
+A method decides which parameters train, how they are initialised and saved. Each method
+module satisfies the `Method` protocol below (checked when it is registered). `apply` raises
+common.NotApplicable when the method cannot apply to the model: the run is then recorded as
+skipped, with the reason. Modules import torch/peft inside functions: the matrix validator
+imports only the options.
 """
-from harness.methods import adapter, base, full, ia3, lora, prefix, prompt, qlora, transfer
+from __future__ import annotations
 
-REGISTRY = {m.NAME: m for m in (base, full, transfer, lora, adapter, qlora, prefix, prompt, ia3)}
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from harness.registry import Registry
 
 
-def load_kwargs(method, options: dict, placement) -> dict:
+class Method(Protocol):
+    NAME: str  # the name used in matrices
+    Options: type[BaseModel]  # its options (documented fields, defaults, validation)
+    TRAINS: bool  # False only for the untrained reference row
+
+    def apply(self, model, options: dict, family: str, head: str):
+        """The model ready to train (raises NotApplicable when the method cannot apply)."""
+
+    def save(self, model, path: Path) -> None:
+        """Write exactly what the method trained (the run's artifact)."""
+
+    # optional: load_kwargs(options: dict, placement) -> extra from_pretrained arguments (quantization)
+
+
+CONTRACT = ("NAME", "Options", "TRAINS", "apply", "save")
+
+
+def register(method: Method) -> Method:
+    """Add a method module to the registry: refused if it misses part of the contract or if
+    its name is taken."""
+    missing = [name for name in CONTRACT if not hasattr(method, name)]
+    if missing:
+        raise TypeError(f"method module {getattr(method, '__name__', method)!r} lacks {', '.join(missing)}")
+    return REGISTRY.register(method.NAME, method)
+
+
+def load_kwargs(method: Method, options: dict, placement) -> dict:
     hook = getattr(method, "load_kwargs", None)
     return hook(options, placement) if hook else {}
+
+
+REGISTRY: Registry[Method] = Registry("method")
+
+from harness.methods import adapter, base, full, ia3, lora, prefix, prompt, qlora, transfer  # noqa: E402
+
+for _module in (base, full, transfer, lora, adapter, qlora, prefix, prompt, ia3):
+    register(_module)

@@ -19,7 +19,7 @@ NAME = "instruction"
 PRIMARY_METRIC = "rougeL"
 METRICS = ("rougeL", "rouge1", "rouge2")
 METRIC_MODULES = ("rouge",)  # the evaluate module score() uses
-HIGHER_IS_BETTER = True
+HIGHER_IS_BETTER = dict.fromkeys(METRICS, True)  # per metric score() reports (pred_words, descriptive, is not a score)
 
 
 class Options(generation.Options):

@@ -18,7 +18,7 @@ NAME = "summarization"
 PRIMARY_METRIC = "rougeL"
 METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 METRIC_MODULES = ("rouge",)  # the evaluate module score() uses
-HIGHER_IS_BETTER = True
+HIGHER_IS_BETTER = dict.fromkeys(METRICS, True)  # per metric score() reports (pred_words, descriptive, is not a score)
 
 
 class Options(generation.Options):

@@ -19,7 +19,7 @@ NAME = "translation"
 PRIMARY_METRIC = "bleu"
 METRICS = ("bleu", "chrf")
 METRIC_MODULES = ("sacrebleu", "chrf")  # the evaluate modules score() uses
-HIGHER_IS_BETTER = True
+HIGHER_IS_BETTER = {"bleu": True, "chrf": True}  # per metric score() reports (pred_words, descriptive, is not a score)
 
 
 class Options(generation.Options):

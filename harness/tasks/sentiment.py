@@ -30,7 +30,7 @@ NAME = "sentiment"
 PRIMARY_METRIC = "accuracy"
 METRICS = ("accuracy", "f1_macro")
 METRIC_MODULES = ("accuracy", "f1")  # the evaluate modules score() uses
-HIGHER_IS_BETTER = True
+HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "loss": False}  # per metric score() reports
 SPLITS = ("train", "validation", "test")
 
 

@@ -7,7 +7,7 @@ import torch
 
 from harness import models
 from harness.matrix import TrainingConfig
-from harness.tasks import classification as task
+from harness.tasks import sentiment as task
 
 TRAINING = TrainingConfig().model_dump()
 
