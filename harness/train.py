@@ -23,7 +23,6 @@ class TrainResult:
     wall_time_s: float = 0.0
     steps: int = 0
     tokens: int = 0
-    peak_memory_mb: float = 0.0
 
 
 class _ProgressBar(TrainerCallback):
@@ -101,16 +100,14 @@ def train(model, form, train_examples, val_examples, *, lr: float, training: dic
     trainer.remove_callback(ProgressCallback)
     if progress:
         trainer.add_callback(_ProgressBar())
-    with peak_memory(placement.device) as peak:
-        start = time.perf_counter()
-        output = trainer.train()
-        wall = time.perf_counter() - start
-    return TrainResult(
+    start = time.perf_counter()
+    output = trainer.train()
+    wall = time.perf_counter() - start
+    return TrainResult(  # peak memory: the caller's peak_memory block spans the trainer's construction too
         curve=recorder.points,
         wall_time_s=wall,
         steps=output.global_step,
         tokens=trainer.state.num_input_tokens_seen,
-        peak_memory_mb=peak.mb,
     )
 
 
@@ -194,17 +191,33 @@ class _Peak:
     mb: float = 0.0
 
 
+_open_blocks = [0]  # peak_memory blocks open in this process
+
+
 @contextlib.contextmanager
 def peak_memory(device: str):
     """Peak memory inside the block: CUDA max_memory_allocated, else the process's peak RSS
-    (Linux VmHWM, reset on entry through /proc/self/clear_refs; sampled where that fails)."""
+    (Linux VmHWM, reset on entry through /proc/self/clear_refs; sampled where that fails).
+    Only the outermost block resets the counters: a nested block must not erase the peak the
+    outer one has seen so far (it reports the peak since the outer block's start)."""
+    _open_blocks[0] += 1
+    try:
+        with _measure(device, reset=_open_blocks[0] == 1) as peak:
+            yield peak
+    finally:
+        _open_blocks[0] -= 1
+
+
+@contextlib.contextmanager
+def _measure(device: str, reset: bool):
     peak = _Peak()
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        if reset:
+            torch.cuda.reset_peak_memory_stats()
         yield peak
         peak.mb = torch.cuda.max_memory_allocated() / 2**20
         return
-    if _reset_rss_peak():
+    if _reset_rss_peak() if reset else _vm_hwm_readable():
         yield peak
         peak.mb = _read_vm_hwm_kb() / 1024
         return
@@ -217,6 +230,13 @@ def _reset_rss_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
+        return _read_vm_hwm_kb() > 0
+    except OSError:
+        return False
+
+
+def _vm_hwm_readable() -> bool:
+    try:
         return _read_vm_hwm_kb() > 0
     except OSError:
         return False
