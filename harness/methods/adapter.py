@@ -2,8 +2,7 @@
 
 Why hand-written: peft has no bottleneck adapters (its ADAPTION_PROMPT is LLaMA-Adapter, a
 prompt method), and AdapterHub's `adapters` package pins transformers 4.x (1.3.0 needs
-transformers~=4.57), which this project cannot use with transformers 5 (checked 2026-12: `adapters` 1.3.0 does
-not install beside transformers 5).
+transformers~=4.57), so it cannot be installed beside the transformers 5 this project uses.
 
 An adapter is down-projection -> non-linearity -> up-projection, added residually to a sublayer's
 output: h + up(act(down(h))). It sits on the output projection of the attention and/or the FFN
