@@ -30,10 +30,10 @@ def timed(fn):
 
 
 def real_setup(n: int):
-    from harness import assets, models, tasks
+    from harness import catalog, models, tasks
     from harness.tasks import generation
 
-    path = assets.resolve("smollm2-135m", "model")
+    path = catalog.resolve("smollm2-135m", "model")
     tokenizer = models.load_tokenizer(path, "decoder")
     model = models.load_model(path, "causal_lm", tokenizer=tokenizer).eval()
     options = tasks.REGISTRY["summarization"].Options(test_size=n).model_dump()

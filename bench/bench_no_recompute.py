@@ -11,7 +11,7 @@
     torch, transformers or harness.models (the only place models are loaded) were ever
     imported. Full mode also does this for the real matrices/smoke.yaml (its first sweep trains
     4 runs of the packaged MiniLM: about a minute).
-(c) Converted models and datasets come from the cache: `assets.resolve` of the packaged SmolLM2
+(c) Converted models and datasets come from the cache: `catalog.resolve` of the packaged SmolLM2
     (GGUF de-quantized to a float32 checkpoint on first use) and of Rotten Tomatoes (a bz2 CSV),
     each in a fresh process: wall time, rebuilds (cache entries built) and whether torch was
     imported (the conversion needs it). Full mode first builds both in an empty cache (the
@@ -162,25 +162,26 @@ def child_resweep(matrix_path: str, db: str, tiny: bool) -> None:
 
 
 def child_resolve(names: list[str]) -> None:
-    """assets.resolve each name twice in this (fresh) process: times, rebuilds, torch imported."""
-    from harness import assets
+    """catalog.resolve each name twice in this (fresh) process: times, rebuilds, torch imported."""
+    from harness import catalog
+    from harness.catalog import fetch
 
     rebuilds = []
-    real = assets._rebuild
+    real = fetch._rebuild
 
     def counting(asset, target):
         rebuilds.append(asset.name)
         return real(asset, target)
 
-    assets._rebuild = counting
+    fetch._rebuild = counting
     out = {}
     for name in names:
-        kind = assets.CATALOG[name].kind
+        kind = catalog.CATALOG[name].kind
         start = time.perf_counter()
-        path = assets.resolve(name, kind)
+        path = catalog.resolve(name, kind)
         first = time.perf_counter() - start
         start = time.perf_counter()
-        assets.resolve(name, kind)
+        catalog.resolve(name, kind)
         out[name] = {"first_s": first, "again_s": time.perf_counter() - start, "path": path,
                      "rebuilds": rebuilds.count(name)}
     print(json.dumps({"assets": out, "imported": [m for m in HEAVY if m in sys.modules]}))
@@ -210,12 +211,12 @@ def harness_sweep(matrix_path: str, db: Path) -> float:
 def cold_cache(names: list[str], root: Path) -> Path:
     """An empty cache holding only the already downloaded archives of `names` (linked): the
     first resolve extracts and builds, fetching nothing."""
-    from harness import assets
+    from harness import catalog
 
     cache = root / "cold-cache"
     (cache / "downloads").mkdir(parents=True)
     for name in names:
-        archive = assets.archive_path(assets.CATALOG[name])
+        archive = catalog.archive_path(catalog.CATALOG[name])
         if not archive.exists():
             raise SystemExit(f"{archive} is not downloaded: run `harness assets pull {name}` first")
         (cache / "downloads" / archive.name).symlink_to(archive)
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{report['seconds']:.2f} s, process {wall:.2f} s, ratio {wall / cold:.3f}"),
                       f"  smoke.yaml: {report['summary'].split(': ', 1)[-1]}",
                       f"  smoke.yaml: imported {', '.join(report['imported']) or 'none'} of {', '.join(HEAVY)}"]
-        lines.append("(c) catalog assets from the cache (assets.resolve, a fresh process each)")
+        lines.append("(c) catalog assets from the cache (catalog.resolve, a fresh process each)")
         if not args.quick:
             cache = cold_cache(assets_checked, tmp)
             built, wall = in_child("--child-resolve", *assets_checked, env={"HARNESS_CACHE": str(cache)})
@@ -278,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{a['first_s'] / b['first_s']:.3f}")
             lines.append(f"  empty cache process imported: {', '.join(built['imported']) or 'none'}; "
                          f"warm process imported: {', '.join(again['imported']) or 'none'}")
-        from harness import assets
+        from harness import catalog
 
-        if all(assets.status(name) == "cached" for name in assets_checked):
+        if all(catalog.status(name) == "cached" for name in assets_checked):
             warm, wall = in_child("--child-resolve", *assets_checked)
             for name in assets_checked:
                 w = warm["assets"][name]

@@ -88,12 +88,12 @@ def plain_run(cfg: dict) -> dict:
     )
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from harness import assets
+    from harness import catalog
     from harness.tasks.sentiment import load_splits
 
     imported = time.perf_counter()
     training, lora = cfg["training"], cfg["lora"]
-    path = assets.resolve(cfg["model"], "model", Path(cfg["base_dir"]))
+    path = catalog.resolve(cfg["model"], "model", Path(cfg["base_dir"]))
     splits = load_splits(cfg["task_options"], cfg["base_dir"])
     set_seed(cfg["seed"])
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -108,7 +108,7 @@ def convention_flops(method: str, weights: dict, tokens: int) -> float:
 
 def setup(args, tmp: Path) -> tuple[str, dict]:
     """(model path, task options) for SmolLM2 + Rotten Tomatoes, or the tiny ones (--quick)."""
-    from harness import assets
+    from harness import catalog
     from harness.tasks.sentiment import Options
 
     steps = args.warmup + args.steps
@@ -116,7 +116,7 @@ def setup(args, tmp: Path) -> tuple[str, dict]:
     # quarter of the set, so the run's steps are one random quarter, sorted (as in a real epoch).
     sizes = {"train_size": 4 * args.batch_size * steps, "val_size": args.batch_size, "test_size": args.batch_size}
     if not args.quick:
-        return assets.resolve("smollm2-135m", "model"), Options(**sizes).model_dump()
+        return catalog.resolve("smollm2-135m", "model"), Options(**sizes).model_dump()
     from tests.conftest import build_tiny_decoder, make_rows
 
     data = tmp / "reviews.csv"

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Errors that are the input's fault (printed as one line, exit 2), by the module defining them.
-USER_ERRORS = {"harness.assets": "AssetError", "harness.comparisons": "ComparisonError", "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
+USER_ERRORS = {"harness.catalog.entries": "AssetError", "harness.comparisons": "ComparisonError",
+               "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
                "harness.store": "StoreError", "harness.sweep": "SweepError"}
 
 
@@ -353,11 +354,11 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_assets_list(args) -> int:
-    from harness import assets
+    from harness import catalog
 
-    print(f"cache: {assets.cache_dir()}  (set {assets.CACHE_ENV} to move it)")
-    for name, asset in assets.CATALOG.items():
-        print(f"  {name:<16} {asset.kind:<8} {assets.status(name):<8} {asset.pin:<28} {asset.license}")
+    print(f"cache: {catalog.cache_dir()}  (set {catalog.CACHE_ENV} to move it)")
+    for name, asset in catalog.CATALOG.items():
+        print(f"  {name:<16} {asset.kind:<8} {catalog.status(name):<8} {asset.pin:<28} {asset.license}")
         print(f"  {'':<16} {asset.description}")
         flags = ([f"EVAL ONLY: {asset.eval_only}"] if asset.eval_only else []) + (
             ["NON-COMMERCIAL licence: results inherit it"] if asset.non_commercial else [])
@@ -367,10 +368,10 @@ def cmd_assets_list(args) -> int:
 
 
 def cmd_assets_pull(args) -> int:
-    from harness import assets
+    from harness import catalog
 
-    for name in args.names or list(assets.CATALOG):
-        print(f"{name}: {assets.pull(name, force=args.force)}")
+    for name in args.names or list(catalog.CATALOG):
+        print(f"{name}: {catalog.pull(name, force=args.force)}")
     return 0
 
 

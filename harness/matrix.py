@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness import assets, methods, probes, provenance, tasks
+from harness import catalog, methods, probes, provenance, tasks
 from harness.registry import entry_problem, split_entry
 
 AXES = ("model", "method", "task", "seed")
@@ -178,11 +178,11 @@ class RunSpec:
 
         task_options = results_only(self.task_options)
         if "dataset" in task_options:
-            task_options["dataset"] = assets.describe_ref(
+            task_options["dataset"] = catalog.describe_ref(
                 _anchor(task_options["dataset"], self.base_dir), "dataset"
             )
         return {
-            "model": assets.describe_ref(_anchor(self.model, self.base_dir), "model"),
+            "model": catalog.describe_ref(_anchor(self.model, self.base_dir), "model"),
             "method": self.method,
             "method_options": results_only(self.method_options),
             "task": self.task,
@@ -223,7 +223,7 @@ def run_id(identity: dict[str, Any]) -> str:
 
 def _anchor(ref: str, base_dir: str) -> str:
     """Relative local paths in a matrix are relative to the matrix file's folder."""
-    if assets.is_hub_ref(ref) or ref in assets.CATALOG or not assets.looks_like_path(ref):
+    if catalog.is_hub_ref(ref) or ref in catalog.CATALOG or not catalog.looks_like_path(ref):
         return ref
     path = Path(ref).expanduser()
     return str(path if path.is_absolute() else Path(base_dir) / path)
@@ -359,7 +359,7 @@ def _trusted_models(top: MatrixFile, problems: _Problems) -> set[str]:
 def _check_models(models: list[str], base_dir: Path, problems: _Problems) -> None:
     _check_duplicates(models, "models", problems)
     for i, ref in enumerate(models):
-        problem = assets.check_ref(ref, "model", base_dir)
+        problem = catalog.check_ref(ref, "model", base_dir)
         if problem:
             problems.add(f"models[{i}]", problem)
 
@@ -429,7 +429,7 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             continue
         dataset = resolved["task"].get("dataset")
         if dataset is not None:
-            problem = assets.check_ref(dataset, "dataset", base_dir)
+            problem = catalog.check_ref(dataset, "dataset", base_dir)
             if problem:
                 problems.add(f"{merged['task'][1].get('dataset', layers['task'][0][0])}.dataset", problem)
                 continue

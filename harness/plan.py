@@ -85,7 +85,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import assets, methods, tasks
+from harness import catalog, methods, tasks
 from harness.matrix import Matrix, RunSpec
 
 CATALOG_CONFIGS = Path(__file__).parent / "catalog_configs"
@@ -268,14 +268,14 @@ def _key(spec: RunSpec) -> str:
 def config_source(ref: str, base_dir: str = ".") -> str:
     """Where a model reference's config is read from, fetching nothing: the packaged copy for
     catalog names, the hub id for `hf:` references, the folder for local paths."""
-    if assets.is_hub_ref(ref):
-        return ref[len(assets.HUB_PREFIX):]
-    if ref in assets.CATALOG:
+    if catalog.is_hub_ref(ref):
+        return ref[len(catalog.HUB_PREFIX):]
+    if ref in catalog.CATALOG:
         folder = CATALOG_CONFIGS / ref
         if not (folder / "config.json").is_file():
             raise PlanError(f"catalog model {ref!r} has no packaged config ({folder / 'config.json'} is missing)")
         return str(folder)
-    path = Path(assets.resolve(ref, "model", Path(base_dir)))  # a local path: checked, not loaded
+    path = Path(catalog.resolve(ref, "model", Path(base_dir)))  # a local path: checked, not loaded
     if not (path / "config.json").is_file():
         raise PlanError(f"model {ref!r}: {path} has no config.json (plan reads only the config)")
     return str(path)
@@ -288,7 +288,7 @@ def read_config(ref: str, base_dir: str = "."):
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except OSError as err:
-        if assets.is_hub_ref(ref):
+        if catalog.is_hub_ref(ref):
             raise PlanError(f"cannot fetch the config of {ref} from the Hugging Face hub (plan needs the hub "
                             f"for hf: models; offline, use a local folder with its config.json): "
                             f"{str(err).splitlines()[0]}") from err
@@ -516,7 +516,7 @@ def _gib(n: int) -> str:
 
 
 def _model_label(ref: str) -> str:
-    return Path(ref).name if assets.looks_like_path(ref) and not assets.is_hub_ref(ref) else ref
+    return Path(ref).name if catalog.looks_like_path(ref) and not catalog.is_hub_ref(ref) else ref
 
 
 def table(rows: list[PlanRow], gpu_mem: int | None = None, breakdown: bool = False) -> str:

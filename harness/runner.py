@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness import assets, methods, metrics, provenance, tasks
+from harness import catalog, methods, metrics, provenance, tasks
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
@@ -82,7 +82,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
                                   "torch_threads": torch.get_num_threads()}
     set_seed(spec.seed)
 
-    model_path = assets.resolve(spec.model, "model", Path(spec.base_dir))
+    model_path = catalog.resolve(spec.model, "model", Path(spec.base_dir))
     family = models.family(model_path)
     head = task.head_for(family)
     tokenizer = models.load_tokenizer(model_path, family)

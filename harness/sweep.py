@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness import assets, probes, records, runner, tasks
+from harness import catalog, probes, records, runner, tasks
 from harness.executors import Job, LocalExecutor
 from harness.matrix import Matrix, MatrixError, RunSpec
 from harness.store import Store
@@ -336,7 +336,7 @@ def preflight(matrix: Matrix) -> None:
     for spec in matrix.runs:
         ref = spec.task_options.get("dataset")
         key = (spec.task, json.dumps(spec.task_options, sort_keys=True, default=str))
-        if key in seen or not isinstance(ref, str) or assets.is_hub_ref(ref):
+        if key in seen or not isinstance(ref, str) or catalog.is_hub_ref(ref):
             continue
         seen.add(key)
         load_splits = getattr(tasks.REGISTRY[spec.task], "load_splits", None)
@@ -344,7 +344,7 @@ def preflight(matrix: Matrix) -> None:
             continue
         try:
             load_splits(spec.task_options, spec.base_dir)
-        except assets.AssetError:
+        except catalog.AssetError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure to read the data is the input's problem
             text = " ".join(str(err).split()) or type(err).__name__

@@ -71,7 +71,7 @@ def test_bench_store_scale_quick():
 
 
 def test_bench_no_recompute_quick():
-    from harness import assets
+    from harness import catalog
 
     out = run_quick("bench_no_recompute.py")
     assert "runs: 3 (1 model(s) x 3 methods), done 3, failed 0" in out
@@ -89,7 +89,7 @@ def test_bench_no_recompute_quick():
     resweep = line_with(out, "tiny matrix: exit 0")
     assert float(resweep.rsplit(" ", 1)[-1]) < 0.5  # ratio to the first sweep (about 0.05 here)
     # (c) catalog assets resolve from the cache without rebuilding
-    if all(assets.status(n) == "cached" for n in ("smollm2-135m", "rotten_tomatoes")):
+    if all(catalog.status(n) == "cached" for n in ("smollm2-135m", "rotten_tomatoes")):
         assert "smollm2-135m: warm cache: rebuilds 0" in out
         assert "rotten_tomatoes: warm cache: rebuilds 0" in out
         assert line_with(out, "warm cache: process").endswith("imported none")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import assets, matrix, tasks
+from harness import catalog, matrix, tasks
 from harness.tasks import generation
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, _tokenizer, write_matrix
 
@@ -217,7 +217,7 @@ tasks:
     assert len(matrix.load(write_matrix(tmp_path, text)).runs) == 1
     extra = options("summarization", pairs, prompt="{input}", eval_datasets=[{"dataset": "xsum"}])
     assert generation.check_options(extra, True, tmp_path) == []
-    assert assets.eval_only_reason("xsum") and assets.eval_only_reason("aclsum") is None
+    assert catalog.eval_only_reason("xsum") and catalog.eval_only_reason("aclsum") is None
 
 
 def test_runner_refuses_eval_only_training_data_too(tiny_models):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import assets, cli, sword
-from harness.assets import Asset, AssetError, DebSource, PipSource
+from harness import catalog, cli
+from harness.catalog import builds, fetch, sword
+from harness.catalog import Asset, AssetError, DebSource, PipSource
 
 CONTRACT = {"input", "target", "split", "group"}
 
@@ -48,23 +49,23 @@ def make_deb(files: dict[str, bytes]) -> bytes:
 
 def test_ar_reader_handles_odd_sizes_and_rejects_garbage():
     archive = make_ar({"debian-binary": b"2.0\n", "odd": b"abc", "last": b"xy"})
-    assert assets.read_ar(archive) == {"debian-binary": b"2.0\n", "odd": b"abc", "last": b"xy"}
+    assert catalog.read_ar(archive) == {"debian-binary": b"2.0\n", "odd": b"abc", "last": b"xy"}
     with pytest.raises(AssetError, match="not an ar archive"):
-        assets.read_ar(b"PK\x03\x04")
+        catalog.read_ar(b"PK\x03\x04")
     with pytest.raises(AssetError, match="runs past the end"):
-        assets.read_ar(archive[:-1])
+        catalog.read_ar(archive[:-1])
 
 
 def test_deb_members_are_extracted_from_its_data_tar(tmp_path):
     deb = tmp_path / "pkg_1.0-1_all.deb"
     deb.write_bytes(make_deb({"./usr/share/a.txt": b"alpha", "./usr/share/b.txt": b"beta"}))
     out = tmp_path / "entry"
-    missing = assets.extract_members(deb, {"./usr/share/a.txt": "x/a.txt", "./usr/nope": "n"}, out, partial=True)
+    missing = catalog.extract_members(deb, {"./usr/share/a.txt": "x/a.txt", "./usr/nope": "n"}, out, partial=True)
     assert missing == {"./usr/nope": "n"}
     assert [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] == ["x/a.txt"]
     assert (out / "x" / "a.txt").read_bytes() == b"alpha"
     with pytest.raises(AssetError, match="has no member ./usr/nope"):
-        assets.extract_members(deb, {"./usr/nope": "n"}, tmp_path / "other")
+        catalog.extract_members(deb, {"./usr/nope": "n"}, tmp_path / "other")
 
 
 # --------------------------------------------------------------------------- Debian sources
@@ -86,10 +87,10 @@ def deb_asset(tmp_path, monkeypatch, sha256s: dict[str, str] | None = None):
     asset = Asset(name="fake-debs", kind="dataset", source=tuple(DebSource(u, sha256s[u]) for u in debs),
                   members={"./usr/share/one.txt": "one.txt", "./usr/share/two.txt": "sub/two.txt"},
                   description="test", license="public domain", load_path="one.txt")
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setitem(assets.CATALOG, "fake-debs", asset)
-    monkeypatch.setattr(assets, "_fetch_url", fake_fetch)
-    monkeypatch.setattr(assets, "_verified", {})
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setitem(catalog.CATALOG, "fake-debs", asset)
+    monkeypatch.setattr(fetch, "_fetch_url", fake_fetch)
+    monkeypatch.setattr(fetch, "_verified", {})
     return asset, fetched
 
 
@@ -98,12 +99,12 @@ def test_debian_sources_are_fetched_verified_and_combined(tmp_path, monkeypatch)
     source = asset.sources[0]
     assert (source.filename, source.package, source.version) == ("one_1.0-1_all.deb", "one", "1.0-1")
     assert asset.pin == "debian:one=1.0-1 + debian:two=2.0-3"
-    entry = assets.pull("fake-debs")
+    entry = catalog.pull("fake-debs")
     assert (entry / "one.txt").read_text() == "one" and (entry / "sub" / "two.txt").read_text() == "two"
-    manifest = json.loads((entry / assets.MANIFEST).read_text())
+    manifest = json.loads((entry / catalog.MANIFEST).read_text())
     assert manifest["source_sha256"] == "+".join(s.sha256 for s in asset.sources)
-    assets._verified.clear()
-    assert assets.status("fake-debs") == "cached" and assets.pull("fake-debs") == entry
+    fetch._verified.clear()
+    assert catalog.status("fake-debs") == "cached" and catalog.pull("fake-debs") == entry
     assert len(fetched) == 2  # fetched once each
 
 
@@ -112,8 +113,8 @@ def test_debian_source_with_a_wrong_sha256_is_refused(tmp_path, monkeypatch):
              "http://deb.example/pool/b/two_2.0-3_all.deb": "1" * 64}
     deb_asset(tmp_path, monkeypatch, wrong)
     with pytest.raises(AssetError, match=r"debian:one=1.0-1: downloaded one_1.0-1_all.deb has sha256 .* expected 0000"):
-        assets.pull("fake-debs")
-    assert not assets.entry_dir("fake-debs").exists()
+        catalog.pull("fake-debs")
+    assert not catalog.entry_dir("fake-debs").exists()
     assert not list((tmp_path / "cache" / "downloads").glob("*.deb"))
 
 
@@ -131,9 +132,9 @@ def test_debian_source_falls_back_to_apt_get_download(tmp_path, monkeypatch):
         (Path(cwd) / "one_1.0-1_all.deb").write_bytes(b"deb")
         return Done()
 
-    monkeypatch.setattr(assets, "_fetch_url", unreachable)
-    monkeypatch.setattr(assets.subprocess, "run", fake_run)
-    got = assets.download(DebSource("http://deb.example/pool/a/one_1.0-1_all.deb", "0" * 64), tmp_path)
+    monkeypatch.setattr(fetch, "_fetch_url", unreachable)
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    got = fetch.download(DebSource("http://deb.example/pool/a/one_1.0-1_all.deb", "0" * 64), tmp_path)
     assert got == tmp_path / "one_1.0-1_all.deb" and calls == [["apt-get", "download", "one=1.0-1"]]
 
 
@@ -152,13 +153,13 @@ def test_entries_sharing_an_archive_download_it_once(tmp_path, monkeypatch):
         (dest / src.filename).write_bytes(archive.read_bytes())
         return dest / src.filename
 
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setattr(assets, "download", fake_download)
-    monkeypatch.setattr(assets, "_verified", {})
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(fetch, "download", fake_download)
+    monkeypatch.setattr(fetch, "_verified", {})
     for name, member in (("first", "shared/a.txt"), ("second", "shared/b.txt")):
-        monkeypatch.setitem(assets.CATALOG, name, Asset(name=name, kind="dataset", source=source,
+        monkeypatch.setitem(catalog.CATALOG, name, Asset(name=name, kind="dataset", source=source,
                                                         members={member: "x.txt"}, description="t", license="t"))
-        assets.pull(name)
+        catalog.pull(name)
     assert downloads == ["shared==1.0"]
 
 
@@ -311,7 +312,7 @@ def test_aclsum_build_makes_one_row_per_paper_and_aspect(tmp_path):
              "sentences": {"abstract": ["A1 .", "A2 ."], "introduction": ["I1 ."], "conclusion": []}}
     for name in ("train", "val", "test"):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({**paper, "id": name}) + "\n")
-    assets.build_aclsum(tmp_path)
+    builds.build_aclsum(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["aclsum.jsonl"]
     rows = read_jsonl(tmp_path / "aclsum.jsonl")
     assert [(r["split"], r["group"], r["aspect"], r["target"]) for r in rows[:3]] == [
@@ -328,14 +329,14 @@ def test_multiemo_and_alpaca_builds(tmp_path):
 
     (tmp_path / "en.json").write_text(task(["Good.", "", "Pawlak", "Bad.", "Good.", "Bad."]))
     (tmp_path / "es.json").write_text(task(["Bueno.", "", "Pawlak", "Malo.", "Bueno.", "Muy malo."]))
-    assets.build_multiemo_en_es(tmp_path)
+    builds.build_multiemo_en_es(tmp_path)
     rows = read_jsonl(tmp_path / "multiemo_en_es.jsonl")
     assert [(r["input"], r["target"], r["group"], r["sentiment"]) for r in rows] == [
         ("Good.", "Bueno.", "0", "positive"), ("Bad.", "Malo.", "3", "negative"), ("Bad.", "Muy malo.", "5", "negative")]
     assert {r["split"] for r in rows} == {"test"}
     (tmp_path / "alpaca_en_demo.json").write_text(json.dumps([
         {"instruction": "Add.", "input": "2 + 2", "output": "4"}, {"instruction": "Hi.", "input": "", "output": "Hello"}]))
-    assets.build_alpaca(tmp_path)
+    builds.build_alpaca(tmp_path)
     rows = read_jsonl(tmp_path / "alpaca_demo.jsonl")
     assert rows == [
         {"input": "Add.\n\n2 + 2", "target": "4", "split": None, "group": "0", "instruction": "Add.", "context": "2 + 2"},
@@ -346,12 +347,12 @@ def test_multiemo_and_alpaca_builds(tmp_path):
 
 
 def test_flags_are_set_and_listed(capsys, tmp_path, monkeypatch):
-    assert assets.eval_only_reason("xsum") == assets.eval_only_reason("multiemo_en_es") == assets.BIGBENCH_CANARY
-    assert "canary" in assets.eval_only_reason("bigbench-probes") and assets.eval_only_reason("mmlu")
+    assert catalog.eval_only_reason("xsum") == catalog.eval_only_reason("multiemo_en_es") == catalog.BIGBENCH_CANARY
+    assert "canary" in catalog.eval_only_reason("bigbench-probes") and catalog.eval_only_reason("mmlu")
     for ref in ("aclsum", "alpaca_demo", "bible_en_es", "hf:org/data", "./local.jsonl", "nope"):
-        assert assets.eval_only_reason(ref) is None, ref
-    assert [n for n, a in assets.CATALOG.items() if a.non_commercial] == ["alpaca_demo"]
-    monkeypatch.setenv(assets.CACHE_ENV, str(tmp_path))
+        assert catalog.eval_only_reason(ref) is None, ref
+    assert [n for n, a in catalog.CATALOG.items() if a.non_commercial] == ["alpaca_demo"]
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path))
     assert cli.main(["assets", "list"]) == 0
     out = capsys.readouterr().out
     for name in ("aclsum", "xsum", "alpaca_demo", "bible_en_es", "multiemo_en_es"):
@@ -361,17 +362,17 @@ def test_flags_are_set_and_listed(capsys, tmp_path, monkeypatch):
 
 def test_entries_share_their_archives():
     shared = {n: archive_names for n, archive_names in
-              ((n, [s.filename for s in a.sources]) for n, a in assets.CATALOG.items())}
+              ((n, [s.filename for s in a.sources]) for n, a in catalog.CATALOG.items())}
     assert shared["xsum"] == shared["multiemo_en_es"] == shared["bigbench-probes"] == ["bigbench-1.0.0.tar.gz"]
     assert shared["alpaca_demo"] == shared["wiki_demo"] == ["llamafactory-0.9.5.tar.gz"]
-    assert assets.archive_path(assets.CATALOG["xsum"]) == assets.archive_path(assets.CATALOG["bigbench-probes"])
+    assert catalog.archive_path(catalog.CATALOG["xsum"]) == catalog.archive_path(catalog.CATALOG["bigbench-probes"])
 
 
 # --------------------------------------------------------------------------- the real entries
 
 
 def load(name: str) -> list[dict]:
-    with open(assets.resolve(name, "dataset"), encoding="utf-8") as fh:
+    with open(catalog.resolve(name, "dataset"), encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh]
     for row in rows:
         assert CONTRACT <= set(row) and isinstance(row["input"], str) and isinstance(row["target"], str)
@@ -396,7 +397,7 @@ def test_real_aclsum():
     assert first["target"].startswith("A generally accessible NER system for QA systems")
     assert first["input"].startswith("In this paper , we explore correlation of dependency relation paths")
     assert all(r["document"].startswith(r["input"] + "\n\n") for r in rows)
-    assert assets.eval_only_reason("aclsum") is None
+    assert catalog.eval_only_reason("aclsum") is None
 
 
 @pytest.mark.assets
@@ -405,7 +406,7 @@ def test_real_xsum():
     assert len(rows) == 1001 and {r["split"] for r in rows} == {"test"}
     assert [r["group"] for r in rows[:3]] == ["0", "1", "2"] and rows[0]["id"] == "xsum-test-0"
     assert rows[0]["target"].startswith("Skiing on Scotland's snow slopes looks set to continue")
-    assert "canary" in assets.eval_only_reason("xsum")
+    assert "canary" in catalog.eval_only_reason("xsum")
 
 
 @pytest.mark.assets
@@ -416,7 +417,7 @@ def test_real_alpaca_demo():
     with_context = [r for r in rows if r["context"]]
     assert len(with_context) == 412
     assert all(r["input"] == f"{r['instruction']}\n\n{r['context']}" for r in with_context)
-    assert assets.CATALOG["alpaca_demo"].non_commercial and "CC BY-NC" in assets.CATALOG["alpaca_demo"].license
+    assert catalog.CATALOG["alpaca_demo"].non_commercial and "CC BY-NC" in catalog.CATALOG["alpaca_demo"].license
 
 
 @pytest.mark.assets
@@ -440,7 +441,7 @@ def test_real_bible_en_es():
     assert by_ref[("Ps", 119, 1)]["target"].startswith("Bienaventurados los perfectos de camino")
     assert by_ref[("Rom", 16, 27)]["target"].endswith("para siempre. Amén.")
     assert not any(c in r["input"] + r["target"] for r in rows for c in "<>\\¶")
-    assert assets.eval_only_reason("bible_en_es") is None and not assets.CATALOG["bible_en_es"].non_commercial
+    assert catalog.eval_only_reason("bible_en_es") is None and not catalog.CATALOG["bible_en_es"].non_commercial
 
 
 @pytest.mark.assets
@@ -453,4 +454,4 @@ def test_real_multiemo_en_es():
     assert last["group"] == "57465" and last["target"] == "El cabello no se cae ni siquiera después de un largo período de uso."
     assert all(r["input"] != r["target"] for r in rows)
     assert len({(r["input"], r["target"]) for r in rows}) == len(rows)
-    assert "canary" in assets.eval_only_reason("multiemo_en_es")
+    assert "canary" in catalog.eval_only_reason("multiemo_en_es")

@@ -127,10 +127,10 @@ def test_plan_loads_no_weights_and_matches_the_table(tiny_matrix, monkeypatch, c
 
 
 def test_catalog_models_plan_without_fetching(monkeypatch, capsys, tmp_path):
-    from harness import assets
+    from harness.catalog import fetch
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(assets, "pull", lambda *a, **k: pytest.fail("plan fetched an asset"))
+    monkeypatch.setattr(fetch, "pull", lambda *a, **k: pytest.fail("plan fetched an asset"))
     assert cli.main(["plan", str(ROOT / "matrices" / "sentiment.yaml"), "--gpu-mem", "8GiB", "--breakdown"]) == 0
     out = capsys.readouterr().out
     # SmolLM2-135M (tied head) and MiniLM-L6 + a 2-label classifier, as the runner records them
@@ -140,9 +140,9 @@ def test_catalog_models_plan_without_fetching(monkeypatch, capsys, tmp_path):
 
 
 def test_packaged_catalog_configs_exist_for_every_catalog_model():
-    from harness import assets
+    from harness import catalog
 
-    for name, asset in assets.CATALOG.items():
+    for name, asset in catalog.CATALOG.items():
         if asset.kind == "model":
             assert json.loads((plan.CATALOG_CONFIGS / name / "config.json").read_text())["architectures"]
 
@@ -313,9 +313,9 @@ def test_parsing_plan_does_not_import_torch():
 @pytest.mark.assets
 @pytest.mark.parametrize("name,method", [("minilm-l6", "lora"), ("smollm2-135m", "lora"), ("smollm2-135m", "transfer")])
 def test_catalog_counts_equal_the_real_models(name, method):
-    from harness import assets
+    from harness import catalog
 
     family = "encoder" if name == "minilm-l6" else "decoder"
     row = plan.Planner().row(spec_for(name, method, {}))
-    path = Path(assets.resolve(name, "model"))
+    path = Path(catalog.resolve(name, "model"))
     assert (row.counted.trainable, row.counted.total) == runner_counts(path, family, method, {})

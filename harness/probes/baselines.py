@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import assets, files, provenance
+from harness import catalog, files, provenance
 from harness.probes.data import data_hash, data_identity, prepare
 from harness.probes.registry import ACCURACY_METRICS, MEAN, PERPLEXITY_METRIC, ProbeConfig, for_family
 from harness.probes.scoring import GUARD_ATOL, Scorer, Score, check_changed, fingerprint
@@ -170,7 +170,7 @@ def base_scores_of(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, fold
     computed: dict[str, tuple[Score, str, bool]] = {}
     if len(found) < len(configs):
         key = provenance.stable_hash([ctx.model_ref, sorted(hashes.items())], separators=provenance.JSON_DEFAULT)
-        locks = assets.cache_dir() / "locks"
+        locks = catalog.cache_dir() / "locks"
         handoff = locks / f"probe-baseline-{key}-{ctx.sweep or 'nosweep'}.json"
         with files.file_lock(locks / f"probe-baseline-{key}.lock"):
             found.update(from_known(_read_handoff(handoff)))  # a parallel run may have computed them
@@ -209,7 +209,7 @@ def _read_handoff(path: Path, raw: bool = False):
 
 def clear_handoff(sweep: str) -> None:
     """Remove a finished sweep's hand-off files (the store has their scores by now)."""
-    for path in (assets.cache_dir() / "locks").glob(f"probe-baseline-*-{sweep}.json"):
+    for path in (catalog.cache_dir() / "locks").glob(f"probe-baseline-*-{sweep}.json"):
         path.unlink(missing_ok=True)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import assets, files, provenance
+from harness import catalog, files, provenance
 
 PROBE_VERSION = 1  # bump when preparing or scoring a probe changes: cached base scores then recompute
 DATA_PLACEHOLDER = "DATA_FILE"
@@ -159,7 +159,7 @@ def data_identity(config) -> dict:
     return {
         "probe": probe.name,
         "options": {k: v for k, v in config.options.model_dump().items() if k != "batch_size"},
-        "source": assets.describe_ref(probe.asset, "dataset") if probe.asset else None,
+        "source": catalog.describe_ref(probe.asset, "dataset") if probe.asset else None,
         "task_file": files.sha256_file(task_file) if task_file else None,
         "version": PROBE_VERSION,
     }
@@ -180,13 +180,13 @@ def prepare(config) -> Path:
     probe = config.probe
     if probe.builtin:
         return TASKS_DIR
-    folder = assets.cache_dir() / "probes" / f"{probe.name}-{data_hash(data_identity(config))}"
+    folder = catalog.cache_dir() / "probes" / f"{probe.name}-{data_hash(data_identity(config))}"
     manifest = folder / "manifest.json"
     if manifest.exists():
         expected = json.loads(manifest.read_text())
         if all((folder / f).exists() and files.sha256_file(folder / f) == digest for f, digest in expected.items()):
             return folder
-    rows = probe.prepare(assets.pull(probe.asset) if probe.asset else None, config.options)
+    rows = probe.prepare(catalog.pull(probe.asset) if probe.asset else None, config.options)
     with files.staged_folder(folder) as staging:
         with open(staging / "rows.jsonl", "w") as fh:
             fh.writelines(json.dumps(row) + "\n" for row in rows)

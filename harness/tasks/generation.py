@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness import assets
+from harness import catalog
 from harness.items import Outcomes
 from harness.tasks import tables
 
@@ -51,7 +51,7 @@ class EvalSet(BaseModel):
 
     @property
     def split_name(self) -> str:
-        return self.name or Path(self.dataset.removeprefix(assets.HUB_PREFIX)).stem
+        return self.name or Path(self.dataset.removeprefix(catalog.HUB_PREFIX)).stem
 
 
 class Options(BaseModel):
@@ -114,13 +114,13 @@ def check_options(options: dict, trains: bool, base_dir: Path) -> list[tuple[str
     """(field, problem) for options that cannot work, found before anything runs: training on an
     evaluation-only dataset, and eval_datasets that do not resolve."""
     problems = []
-    reason = assets.eval_only_reason(options["dataset"])
+    reason = catalog.eval_only_reason(options["dataset"])
     if trains and reason:
         problems.append(("dataset", (f"{options['dataset']!r} is evaluation-only ({reason}): it cannot be "
                                      "training data; score it through eval_datasets, or with the untrained "
                                      "`base` method")))
     for i, extra in enumerate(options["eval_datasets"]):
-        problem = assets.check_ref(extra["dataset"], "dataset", base_dir)
+        problem = catalog.check_ref(extra["dataset"], "dataset", base_dir)
         if problem:
             problems.append((f"eval_datasets[{i}].dataset", problem))
     return problems
@@ -164,7 +164,7 @@ def _sample(pool: list[dict], wanted: int, rng: random.Random, what: str) -> lis
 
 
 def load_rows(ref: str, input_column: str, target_column: str, base_dir: str) -> list[dict]:
-    frame = tables.read_table(assets.resolve(ref, "dataset", Path(base_dir)), is_hub=assets.is_hub_ref(ref))
+    frame = tables.read_table(catalog.resolve(ref, "dataset", Path(base_dir)), is_hub=catalog.is_hub_ref(ref))
     for col in (input_column, target_column):
         if col not in frame.columns:
             raise ValueError(f"dataset {ref}: no column {col!r} (columns: {', '.join(map(str, frame.columns))})")

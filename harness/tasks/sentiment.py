@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness import assets
+from harness import catalog
 from harness.items import Outcomes
 from harness.tasks import tables
 
@@ -101,13 +101,13 @@ def _load_rows(options: dict[str, Any], base_dir: str) -> list[dict]:
 
     ref = options["dataset"]
     if ref == "rotten_tomatoes":
-        frame = pd.read_csv(assets.resolve(ref, "dataset"))
+        frame = pd.read_csv(catalog.resolve(ref, "dataset"))
         frame = frame[frame["category"].isin(["fresh", "rotten"])]
         return [
             {"text": t, "label": int(c == "fresh"), "group": m}
             for t, c, m in zip(frame["text"], frame["category"], frame["movie_name"])
         ]
-    frame = tables.read_table(assets.resolve(ref, "dataset", Path(base_dir)), is_hub=assets.is_hub_ref(ref))
+    frame = tables.read_table(catalog.resolve(ref, "dataset", Path(base_dir)), is_hub=catalog.is_hub_ref(ref))
     text_col, label_col, group_col = options["text_column"], options["label_column"], options["group_column"]
     for col in [text_col, label_col] + ([group_col] if group_col else []):
         if col not in frame.columns:

@@ -13,7 +13,7 @@ driver keeps each testament (``ot``, ``nt``) in three little-endian files:
 
 The slots follow the versification: slot 0 is the module heading, slot 1 the testament heading,
 then for each book its introduction, and for each chapter its heading followed by its verses.
-This is ``harness.assets``' build step for the ``bible_en_es`` entry (``build_bible_en_es``).
+This is the catalog's build step for the ``bible_en_es`` entry (``build_bible_en_es``).
 """
 from __future__ import annotations
 

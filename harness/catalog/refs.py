@@ -1,0 +1,95 @@
+"""References -> local paths: a catalog name (pulled into the cache), `hf:org/name` (handed to
+transformers/datasets as a hub id) or a local path (used as it is); their canonical, hashable
+descriptions (what run_ids hash) and their validation."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from harness.catalog import fetch
+from harness.catalog.entries import CATALOG, AssetError
+
+HUB_PREFIX = "hf:"
+
+
+def is_hub_ref(ref: str) -> bool:
+    return ref.startswith(HUB_PREFIX)
+
+
+def looks_like_path(ref: str) -> bool:
+    return ref.startswith((".", "/", "~")) or os.sep in ref
+
+
+def describe_ref(ref: str, kind: str) -> str:
+    """Canonical, hashable description of a reference: pins catalog entries to their source."""
+    if ref in CATALOG and CATALOG[ref].kind == kind:
+        return f"{ref}@{CATALOG[ref].pin}"
+    if is_hub_ref(ref) or not looks_like_path(ref):
+        return ref
+    return str(Path(ref).expanduser().resolve())
+
+
+def check_ref(ref: str, kind: str, base_dir: Path | None = None) -> str | None:
+    """None if `ref` can name a `kind` asset, else what is wrong with it (no I/O beyond stat,
+    a local model's config.json and one byte of a local file)."""
+    if is_hub_ref(ref):
+        return None if len(ref) > len(HUB_PREFIX) else f"empty hub id {ref!r}"
+    if ref in CATALOG:
+        found = CATALOG[ref].kind
+        return None if found == kind else f"{ref!r} is a {found} in the catalog, not a {kind}"
+    if looks_like_path(ref):
+        path = _local_path(ref, base_dir)
+        if not path.exists():
+            return f"local path {str(path)!r} does not exist"
+        return _check_local_model(path) if kind == "model" else _check_local_file(path)
+    names = ", ".join(sorted(n for n, a in CATALOG.items() if a.kind == kind))
+    return f"unknown {kind} {ref!r}: expected a catalog name ({names}), 'hf:org/name' or a local path"
+
+
+def _check_local_model(path: Path) -> str | None:
+    """A local model is a folder with a transformers config.json naming its model_type."""
+    if not path.is_dir():
+        return f"local path {str(path)!r} is a file, not a model folder (expected a folder with config.json)"
+    config = path / "config.json"
+    if not config.is_file():
+        return f"local path {str(path)!r} is not a model folder: it has no config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return f"{str(config)!r} cannot be read as JSON ({err})"
+    if not isinstance(data, dict) or not data.get("model_type"):
+        return f"{str(config)!r} is not a transformers model config (no model_type)"
+    return None
+
+
+def _check_local_file(path: Path) -> str | None:
+    """A local data file must be readable by this process (what is in it, the task checks; a
+    folder is the task's to judge too)."""
+    if path.is_dir():
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        return f"local path {str(path)!r} cannot be read ({err.strerror or err})"
+    return None
+
+
+def _local_path(ref: str, base_dir: Path | None) -> Path:
+    path = Path(ref).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path.resolve()
+
+
+def resolve(ref: str, kind: str, base_dir: Path | None = None) -> str:
+    """A string transformers/datasets/pandas can load: a local path, or a bare hub id."""
+    problem = check_ref(ref, kind, base_dir)
+    if problem:
+        raise AssetError(problem)
+    if is_hub_ref(ref):
+        return ref[len(HUB_PREFIX):]
+    if ref in CATALOG:
+        return str(fetch.pull(ref) / CATALOG[ref].load_path)
+    return str(_local_path(ref, base_dir))
