@@ -5,7 +5,7 @@
     matrix (base + 7 that train: full, transfer, lora, qlora, adapter, prefix, ia3) with the
     tiny probes of tests/test_probes.py (two lm-eval probes and a frozen-feature probe, over the
     shipped task configs), run in this process so every probe evaluation is counted: base-model
-    evaluations (inside probes.baselines.base_scores_of) against tuned-model ones, and model loads.
+    evaluations (inside probes.baselines.baselines_for) against tuned-model ones, and model loads.
 (b) A finished sweep run again completes in seconds and loads no model: the same matrix swept a
     second time by `harness sweep` in a fresh process, which reports its wall time and whether
     torch, transformers or harness.models (the only place models are loaded) were ever
@@ -103,8 +103,8 @@ def counted_sweep(matrix_path: Path, db: Path) -> dict:
 
     evaluations = {"base": collections.Counter(), "tuned": collections.Counter()}
     loads = []
-    baseline_of = [None]  # the model whose base scores base_scores_of is computing
-    real_baselines, real_score, real_load = baseline_room.base_scores_of, probes.Scorer.score, models.load_model
+    baseline_of = [None]  # the model whose base scores baselines_for is computing
+    real_baselines, real_score, real_load = baseline_room.baselines_for, probes.Scorer.score, models.load_model
 
     def baselines(ctx, *args, **kwargs):
         baseline_of[0] = Path(ctx.model_ref).name
@@ -125,7 +125,7 @@ def counted_sweep(matrix_path: Path, db: Path) -> dict:
         loads.append(Path(path).name)
         return real_load(path, head, **kwargs)
 
-    baseline_room.base_scores_of, probes.Scorer.score, models.load_model = baselines, score, load_model
+    baseline_room.baselines_for, probes.Scorer.score, models.load_model = baselines, score, load_model
     try:
         loaded = matrix.load(matrix_path)
         start = time.perf_counter()
@@ -133,7 +133,7 @@ def counted_sweep(matrix_path: Path, db: Path) -> dict:
                         echo=lambda line: None)
         seconds = time.perf_counter() - start
     finally:
-        baseline_room.base_scores_of, probes.Scorer.score, models.load_model = real_baselines, real_score, real_load
+        baseline_room.baselines_for, probes.Scorer.score, models.load_model = real_baselines, real_score, real_load
     computed = Store(db).query("SELECT run_id, config FROM runs WHERE status = 'done'")
     stored_computed = sum(d.get("baseline") == "computed" for cfg in computed["config"]
                           for d in json.loads(cfg).get("probe_runs", []))

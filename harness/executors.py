@@ -11,6 +11,10 @@ once (harness/_worker_preload.py), so a run's own process starts in a fraction o
 instead of re-importing torch + transformers (~10 s on 2 cores); HARNESS_WORKER_START=spawn
 starts each worker as a fresh interpreter instead. Workers die with the sweep (kill -9 included):
 they ask the kernel for SIGKILL when their parent exits.
+
+Why over 400 lines: two executors behind one interface (local worker processes with their
+crash and signal handling, and Ray); splitting them would separate code that is only read
+together.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ A matrix is models x methods x tasks x seeds, minus `exclude` rules, with `overr
 training, method or task options for the runs they select. Every run gets a stable run_id: a
 hash of its fully resolved config (not of the matrix it came from), so the same cell in two
 matrix files is the same run. Nothing heavy is imported here.
+
+Why over 400 lines: the schema (pydantic models with every option's help text, which `harness
+schema` prints) and its validation are one concern; about half the lines are field
+declarations and their error wording.
 """
 from __future__ import annotations
 

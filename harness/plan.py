@@ -74,6 +74,9 @@ Not counted: the CUDA context and the allocator's slack. `fits` therefore keeps 
 a run fits when estimate + 1 GiB <= --gpu-mem. The parts are summed with no overlap, so real
 peaks are usually a little lower (backward frees activations as it goes). Treat the figure as
 an estimate good to roughly +-25%, not a guarantee.
+
+Why over 400 lines: one estimate (parameters, then memory term by term, then the table), each
+term documented where it is computed; the pieces are not used apart.
 """
 from __future__ import annotations
 

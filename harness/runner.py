@@ -178,13 +178,13 @@ def _probe(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family
     is loaded only if a base score is missing from the sweep's."""
     from harness import models, probes
 
-    def load_base():
+    def load_untrained():
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
         return base.to(placement.device)
 
     context = probes.ProbeRun(model=model, tokenizer=tokenizer, family=family, model_ref=spec.identity()["model"],
                               device=placement.device, dtype=placement.dtype, trains=method.TRAINS, before=before,
-                              load_base=load_base, known=baselines, sweep=record.sweep, progress=progress)
+                              load_untrained=load_untrained, known=baselines, sweep=record.sweep, progress=progress)
     probes.run(record, list(spec.probes), context)
 
 

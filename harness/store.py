@@ -1,10 +1,14 @@
 """The DuckDB store: schema, record ingest, the queries behind the leaderboard and the
 dashboard, CSV export.
 
-The only module that knows SQL (the leaderboard's statistics are pandas, harness/leaderboard.py). Writers hold the database file only for one short transaction
-at a time (DuckDB lets a single process open a file read-write), so the dashboard and
-`harness status` can read between a sweep's writes; both sides retry while the other holds it.
-Long format (one row per metric) so new metrics need no migration.
+The only module that knows SQL (the leaderboard's statistics are pandas, harness/leaderboard.py).
+Writers hold the database file only for one short transaction at a time (DuckDB lets a single
+process open a file read-write), so the dashboard and `harness status` can read between a
+sweep's writes; both sides retry while the other holds it. Long format (one row per metric) so
+new metrics need no migration.
+
+Why over 400 lines: keeping all SQL in one module is the point of it (the dashboard and the CLI
+hold none); what is not SQL moved to harness/leaderboard.py.
 """
 from __future__ import annotations
 
@@ -167,25 +171,23 @@ class Store:
                            *, metric: str, higher_is_better: bool) -> None:
         """Set the base model's score on a probe (harness/probes/), keyed by the model's
         canonical reference, the probe and the hash of the probe's config, replacing any."""
-        with self._connect() as con:
-            for column, sql_type in PROBE_BASELINE_COLUMNS.items():
-                con.execute(f"ALTER TABLE probe_baselines ADD COLUMN IF NOT EXISTS {column} {sql_type}")
-            con.execute(
-                "INSERT OR REPLACE INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
-                "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                [model, probe, config_hash, _finite(value), _finite(stderr), metric, higher_is_better])
+        self._write_baselines([{"model": model, "probe": probe, "config_hash": config_hash, "value": value,
+                                "stderr": stderr, "metric": metric, "higher_is_better": higher_is_better}],
+                              "INSERT OR REPLACE")
 
     def add_probe_baselines(self, rows: list[dict]) -> None:
         """Base scores computed by runs ({model, probe, config_hash, value, stderr, metric,
         higher_is_better}), in one transaction; the first score stored for a key is kept (a
         base score is a function of its key: a second one is the same measurement again)."""
-        if not rows:
-            return
+        if rows:
+            self._write_baselines(rows, "INSERT OR IGNORE")
+
+    def _write_baselines(self, rows: list[dict], verb: str) -> None:
         with self._connect() as con:
             for column, sql_type in PROBE_BASELINE_COLUMNS.items():
                 con.execute(f"ALTER TABLE probe_baselines ADD COLUMN IF NOT EXISTS {column} {sql_type}")
             con.executemany(
-                "INSERT OR IGNORE INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
+                f"{verb} INTO probe_baselines (model, probe, config_hash, value, stderr, metric, "
                 "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [[r["model"], r["probe"], r["config_hash"], _finite(r["value"]), _finite(r["stderr"]), r["metric"],
                   r["higher_is_better"]] for r in rows])

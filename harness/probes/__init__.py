@@ -43,7 +43,7 @@ preparation and the prepared folders), scoring.py (lm-eval, the feature probe, t
 baselines.py (base scores, the run step, forgetting).
 """
 
-from harness.probes.baselines import (ProbeRun, aggregate_group, base_scores_of, baselines_of, clear_handoff,
+from harness.probes.baselines import (ProbeRun, aggregate_group, baselines_for, baselines_of, clear_handoff,
                                       combined_stderr, config_hash,
                                       forgetting, known_baselines, record_scores, run, store_baselines)
 from harness.probes.data import PROBE_VERSION, ProbeError, prepare
@@ -55,10 +55,11 @@ from harness.probes.scoring import (GUARD_ATOL, ModelUnchanged, Score, Scorer, c
                                     fingerprint, lm_eval_score, logits_change, make_lm)
 
 __all__ = [
-    "BUILTIN_PREFIX", "DECODERS", "FEATURES", "GUARD_ATOL", "LM_EVAL", "MEAN", "PROBES", "PROBE_VERSION", "TASKS_DIR",
-    "BuiltinOptions", "ChoiceOptions", "FeatureOptions", "MMLUOptions", "ModelUnchanged", "Options", "Probe",
-    "ProbeConfig", "ProbeError", "ProbeRun", "Score", "Scorer", "TextOptions", "YesNoOptions", "aggregate_group",
-    "base_scores_of", "baselines_of", "check_changed", "clear_handoff", "combined_stderr", "config_hash", "feature_score", "fingerprint",
-    "for_family", "forgetting", "get", "known_baselines", "lm_eval_score", "logits_change", "make_lm",
-    "parse_entries", "prepare", "record_scores", "run", "store_baselines", "unknown_probe_message",
+    "aggregate_group", "baselines_for", "baselines_of", "check_changed", "clear_handoff", "combined_stderr",
+    "config_hash", "feature_score", "fingerprint", "for_family", "forgetting", "get", "known_baselines",
+    "lm_eval_score", "logits_change", "make_lm", "parse_entries", "prepare", "record_scores", "run",
+    "store_baselines", "unknown_probe_message", "BUILTIN_PREFIX", "BuiltinOptions", "ChoiceOptions", "DECODERS",
+    "FEATURES", "FeatureOptions", "GUARD_ATOL", "LM_EVAL", "MEAN", "MMLUOptions", "ModelUnchanged", "Options",
+    "PROBES", "PROBE_VERSION", "Probe", "ProbeConfig", "ProbeError", "ProbeRun", "Score", "Scorer", "TASKS_DIR",
+    "TextOptions", "YesNoOptions",
 ]

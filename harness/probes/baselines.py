@@ -116,7 +116,7 @@ class ProbeRun:
     dtype: str
     trains: bool  # False for the untrained `base` method: its scores are the base scores
     before: Any  # fingerprint of the model before the method was applied (None if not trains)
-    load_base: Callable[[], Any]  # loads the untrained base model (only when a base score is missing)
+    load_untrained: Callable[[], Any]  # loads the untrained base model (only when a base score is missing)
     known: Mapping[BaselineKey, dict] = field(default_factory=dict)  # base scores the sweep has
     sweep: str = ""  # names the hand-off between parallel runs of one sweep
     progress: bool = True
@@ -137,10 +137,10 @@ def run(record, configs: list[dict], ctx: ProbeRun) -> None:
         change = check_changed(ctx.before, fingerprint(tuned.probed_model(chosen), ctx.tokenizer))
         record.config["probe_guard"] = {"max_abs_logit_change": change, "atol": GUARD_ATOL}
 
-    def base_scorer() -> Scorer:
-        return tuned if not ctx.trains else Scorer(ctx.load_base(), ctx.tokenizer, ctx.dtype, ctx.progress)
+    def untrained_scorer() -> Scorer:
+        return tuned if not ctx.trains else Scorer(ctx.load_untrained(), ctx.tokenizer, ctx.dtype, ctx.progress)
 
-    base_scores = base_scores_of(ctx, chosen, hashes, folders, base_scorer, details, record)
+    baselines = baselines_for(ctx, chosen, hashes, folders, untrained_scorer, details, record)
     results, probe_time = [], 0.0
     for config in chosen:
         name = config.name
@@ -150,15 +150,16 @@ def run(record, configs: list[dict], ctx: ProbeRun) -> None:
             probe_time += seconds
             detail["seconds"] = round(seconds, 2)
         else:
-            score, (metric, higher) = base_scores[name][0], base_scores[name][1:]
+            score, (metric, higher) = baselines[name][0], baselines[name][1:]
         results.append({"probe": name, "metric": metric, "higher_is_better": higher,
-                        "tuned": score, "base": base_scores[name][0]})
+                        "tuned": score, "base": baselines[name][0]})
     record_scores(record, results)
     record.add_metric("efficiency", "probing_time_s", probe_time)
 
 
-def base_scores_of(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, folders: dict,
-                   base_scorer: Callable[[], Scorer], details: list[dict], record) -> dict[str, tuple[Score, str, bool]]:
+def baselines_for(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, folders: dict,
+                  untrained_scorer: Callable[[], Scorer], details: list[dict],
+                  record) -> dict[str, tuple[Score, str, bool]]:
     """{probe: (base score, metric, higher_is_better)}: from the sweep's known scores, from a
     parallel run of the same sweep, or computed now on the base model (loaded once for all
     missing probes) and returned in the record."""
@@ -175,7 +176,7 @@ def base_scores_of(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, fold
         with files.file_lock(locks / f"probe-baseline-{key}.lock"):
             found.update(from_known(_read_handoff(handoff)))  # a parallel run may have computed them
             missing = [c for c in configs if c.name not in found]
-            scorer = base_scorer() if missing else None
+            scorer = untrained_scorer() if missing else None
             for c in missing:
                 score, metric, higher, seconds = scorer.score(c, folders[c.name])
                 computed[c.name] = (score, metric, higher)
