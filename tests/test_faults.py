@@ -325,7 +325,7 @@ seeds: [0, 1, 2, 3, 4]
 """)
     executed: list[str] = []
 
-    def fake_execute(spec, *, sweep, run_dir, progress=True):
+    def fake_execute(spec, *, sweep, run_dir, progress=True, baselines=None):
         executed.append(spec.run_id)
         record = runner.new_record(spec, sweep, status="done")
         record.add_metric("task", "accuracy", 0.5, split="test")
