@@ -51,10 +51,12 @@ def leaderboard(store: Store, f: Filters) -> None:
     descending = right.toggle("descending", value=not (unordered or charts.lower_is_better(sort_by, f.task)))
     if sort_by != "leaderboard order":
         board = board.sort_values(sort_by, ascending=not descending, kind="stable").reset_index(drop=True)
-    st.dataframe(board, hide_index=True, column_config=_column_config(board))
+    shown = board.dropna(axis=1, how="all")  # e.g. the over-seeds columns of a one-seed matrix
+    st.dataframe(shown, hide_index=True, column_config=_column_config(shown))
     st.download_button("Download this table as CSV", board.to_csv(index=False).encode(),
                        file_name=f"{f.matrix}_{f.task}.csv", mime="text/csv", on_click="ignore",
-                       help="the rows and columns shown, as `harness export` writes them")
+                       help="the rows shown with every column `harness export` writes (columns empty in "
+                       "every row are hidden above, kept in the CSV's fixed schema)")
     unfinished = board[board["status"] != "done"] if "status" in board else board.iloc[:0]
     if len(unfinished):
         st.warning("Not every cell has a result: " + "; ".join(

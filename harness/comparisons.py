@@ -176,8 +176,10 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
                "tied_with_best", "p_vs_best", "ece", "ece_low", "ece_high", "ece_change", "ece_change_low",
                "ece_change_high"]
     board = board.copy()
-    for column in columns:
-        board[column] = pd.Series([None] * len(board), dtype=object if column == "tied_with_best" else float)
+    at = board.columns.get_loc(f"test_{primary}") + 1 if f"test_{primary}" in board else len(board.columns)
+    for offset, column in enumerate(columns):
+        board.insert(at + offset, column, pd.Series([None] * len(board), index=board.index,
+                                                   dtype=object if column == "tied_with_best" else float))
     if items.empty or board.empty or primary in CORPUS_METRICS:
         return board
     items = chosen_runs(items, board)

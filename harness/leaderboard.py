@@ -122,6 +122,46 @@ def build(long: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     return board.reset_index(drop=True)
 
 
+def chosen_run_ids(board: pd.DataFrame, long: pd.DataFrame) -> list[str]:
+    """The runs the board's rows stand for (their model, method and chosen learning rate)."""
+    if board.empty:
+        return []
+    runs = long.drop_duplicates("run_id")[["run_id", "model", "method", "lr"]]
+    chosen = board[["model", "method", "lr"]]
+    keyed = runs.assign(lr_key=runs["lr"].fillna(-1.0)).merge(
+        chosen.assign(lr_key=chosen["lr"].fillna(-1.0))[["model", "method", "lr_key"]], on=["model", "method", "lr_key"])
+    return keyed["run_id"].tolist()
+
+
+def with_intervals(board: pd.DataFrame, items: pd.DataFrame, long: pd.DataFrame, task: str | None) -> pd.DataFrame:
+    """The board with paired-bootstrap intervals, gains over base, ties with the best and
+    calibration per row (harness.comparisons), from the chosen runs' test items (`items`: the
+    store's item rows of those runs; `long`: run_metrics, for each run's axes)."""
+    from harness import comparisons
+
+    if board.empty:
+        return board
+    primary = long["primary_metric"].dropna().iloc[0]
+    axes = long.drop_duplicates("run_id")[["run_id", "model", "method", "seed", "lr"]]
+    items = items.merge(axes, on="run_id") if len(items) else items
+    return comparisons.with_intervals(board, items, primary=primary,
+                                      higher_is_better=task_metric_higher_is_better(task, primary))
+
+
+def tuning_budget(long: pd.DataFrame, task: str | None) -> pd.DataFrame:
+    """The expected best validation score after k tried learning rates, per model x method that
+    tried several (harness.comparisons.tuning_budget), from run_metrics' rows of done runs."""
+    from harness import comparisons
+
+    if long.empty:
+        return comparisons.tuning_budget(pd.DataFrame(columns=["model", "method", "lr", "value"]),
+                                         higher_is_better=True)
+    primary = long["primary_metric"].dropna().iloc[0]
+    validation = long[(long["kind"] == "task") & (long["name"] == primary) & (long["split"] == "validation")]
+    return comparisons.tuning_budget(validation[["model", "method", "lr", "value"]],
+                                     higher_is_better=task_metric_higher_is_better(task, primary))
+
+
 def with_cell_states(board: pd.DataFrame, states: pd.DataFrame) -> pd.DataFrame:
     """Every model x method cell of the matrix, done or not: `status` is `done` when all its runs
     are, the shared state when none is (failed, skipped, interrupted, running, pending), else

@@ -345,8 +345,14 @@ class Store:
         """One row per model x method over the matrix's done runs of `task`, best first, then
         the cells without a done run (harness/leaderboard.py computes it from `run_metrics` and
         `cell_states`)."""
-        return boards.with_cell_states(boards.build(self.run_metrics(matrix, task), task),
-                                       self.cell_states(matrix, task))
+        long = self.run_metrics(matrix, task)
+        board = boards.build(long, task)
+        items = self.item_outcomes(boards.chosen_run_ids(board, long), "test", texts=False)
+        return boards.with_cell_states(boards.with_intervals(board, items, long, task), self.cell_states(matrix, task))
+
+    def tuning_budget(self, matrix: str, task: str) -> pd.DataFrame:
+        """Expected best validation score after k of the tried learning rates (leaderboard.py)."""
+        return boards.tuning_budget(self.run_metrics(matrix, task), task)
 
     def cell_states(self, matrix: str, task: str) -> pd.DataFrame:
         """Per model x method of the matrix's runs of `task`: how many runs are in each state,
@@ -414,11 +420,12 @@ class Store:
             [matrix, task, task, *axes_params, list(STATE_ORDER)],
         )
 
-    def item_outcomes(self, run_ids: list[str], split: str | None = None) -> pd.DataFrame:
+    def item_outcomes(self, run_ids: list[str], split: str | None = None, *, texts: bool = True) -> pd.DataFrame:
         """The item-level outcomes of these runs (one split, or all): run_id, split, metric,
-        item_id, value, prediction, confidence, weight."""
+        item_id, value, confidence, weight, and with `texts` the prediction too."""
+        columns = [c for c in ITEM_COLUMNS if texts or c != "prediction"]
         return self._query_items(
-            f"SELECT {', '.join(ITEM_COLUMNS)} FROM items WHERE list_contains(?, run_id) "
+            f"SELECT {', '.join(columns)} FROM items WHERE list_contains(?, run_id) "
             "AND (? IS NULL OR split = ?) ORDER BY run_id, split, item_id",
             [list(run_ids), split, split])
 
@@ -505,7 +512,8 @@ class Store:
         return self.query("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", [run_id])
 
     def export(self, out_dir: Path, matrix: str | None = None) -> list[Path]:
-        """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), and runs.csv (long)."""
+        """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), <matrix>_<task>_tuning.csv
+        where a method tried several learning rates, and runs.csv (long)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for m in [matrix] if matrix else self.matrices():
@@ -514,6 +522,10 @@ class Store:
                 path = out_dir / f"{m}_{task}.csv"
                 board.to_csv(path, index=False)
                 written.append(path)
+                budget = self.tuning_budget(m, task)
+                if len(budget):
+                    budget.to_csv(out_dir / f"{m}_{task}_tuning.csv", index=False)
+                    written.append(out_dir / f"{m}_{task}_tuning.csv")
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]

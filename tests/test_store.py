@@ -213,3 +213,17 @@ def test_item_outcomes_round_trip_and_are_rebuilt_by_ingest(tmp_path):
     assert cli.main(["ingest", "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
     rebuilt = Store(tmp_path / "rebuilt.duckdb").item_outcomes(["a0", "b0"])
     assert len(rebuilt) == 6 and rebuilt["confidence"].tolist() == [0.9] * 6
+
+
+def test_export_writes_the_tuning_budget_of_methods_with_several_rates(tmp_path):
+    store = Store(tmp_path / "h.duckdb")
+    for run_id, lr, acc in (("r1", 1e-4, 0.70), ("r2", 1e-3, 0.80), ("r3", 1e-2, 0.90)):
+        record = make_record(run_id, acc=acc)
+        record.config = {"method_options": {"lr": lr}}
+        store.write_record(record)
+    paths = store.export(tmp_path / "out")
+    assert [p.name for p in paths] == ["mx_sentiment.csv", "mx_sentiment_tuning.csv", "runs.csv"]
+    curve = pd.read_csv(paths[1])
+    # validation accuracy is acc - 0.05: 0.65, 0.75, 0.85; best of k without replacement
+    assert curve["k"].tolist() == [1, 2, 3] and curve["n_rates"].tolist() == [3, 3, 3]
+    assert curve["expected"].tolist() == pytest.approx([0.75, (0.75 + 0.85 + 0.85) / 3, 0.85])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pandas as pd
 import pytest
 
 from harness import cli, executors, matrix, methods, records, runner
@@ -40,6 +41,10 @@ def check_swept(store, summary):
     for row in board.itertuples():
         assert 0 <= row.test_accuracy <= 1 and 0 <= row.test_f1_macro <= 1
         assert row.n_seeds == 1
+        assert row.test_accuracy_low <= row.test_accuracy <= row.test_accuracy_high  # one seed: items' interval
+        assert (row.method == "base") == pd.isna(row.gain)
+    assert board.groupby("model")["tied_with_best"].apply(lambda tied: tied.astype(bool).any()).all()
+    assert board["ece"].between(0, 1).all()
     by_method = {(r.model.split("/")[-1], r.method): r for r in board.itertuples()}
     for model in ("tiny-bert", "tiny-llama"):
         assert by_method[(model, "base")].trainable_params == 0
