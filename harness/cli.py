@@ -313,15 +313,31 @@ def cmd_compare(args) -> int:
                                           f"{matrix!r} (see `harness status {matrix}`)")
     items = comparisons.chosen_runs(store.task_items(matrix, args.task, "test", models=[args.model]), board)
     primary = tasks.REGISTRY[args.task].PRIMARY_METRIC
-    result = comparisons.compare(items, args.a, args.b, metric=primary)
-    print(f"{args.model}, {args.task} test {primary}: {args.a} {result['estimate_a']:.4f} vs "
-          f"{args.b} {result['estimate_b']:.4f} on n = {result['n_items']} paired items")
-    print(f"  difference {args.a} - {args.b}: {result['difference']:+.4f}, 95% interval "
-          f"[{result['low']:+.4f}, {result['high']:+.4f}], p = {result['p_bootstrap']:.4g} ({result['method']})")
-    if "p_mcnemar" in result:
-        print(f"  McNemar exact ({result['mcnemar_on']}): p = {result['p_mcnemar']:.4g}; {args.a} right where "
-              f"{args.b} was wrong on {result['gained']} items, wrong where {args.b} was right on {result['lost']}")
+    _print_comparison(f"{args.model}, {args.task} test {primary}", comparisons.compare(
+        items, args.a, args.b, metric=primary))
+    run_ids = items[items["method"].isin([args.a, args.b])].drop_duplicates("run_id")
+    probe_items = store.item_outcomes(run_ids["run_id"].tolist())
+    probe_items = probe_items[probe_items["split"].str.startswith("probe:")] if len(probe_items) else probe_items
+    for split, group in probe_items.groupby("split", sort=True) if len(probe_items) else []:
+        group = group.merge(run_ids[["run_id", "method", "seed"]], on="run_id")
+        metric = group["metric"].iloc[0]
+        name = f"  probe {split.removeprefix('probe:')} ({'bits per byte' if metric == 'bits_per_byte' else metric})"
+        try:
+            _print_comparison(name, comparisons.compare(group, args.a, args.b))
+        except comparisons.ComparisonError as err:
+            print(f"{name}: {err}")
     return 0
+
+
+def _print_comparison(what: str, result: dict) -> None:
+    a, b = result["a"], result["b"]
+    print(f"{what}: {a} {result['estimate_a']:.4f} vs {b} {result['estimate_b']:.4f} on n = {result['n_items']} "
+          "paired items")
+    print(f"    difference {a} - {b}: {result['difference']:+.4f}, 95% interval [{result['low']:+.4f}, "
+          f"{result['high']:+.4f}], p = {result['p_bootstrap']:.4g} ({result['method']})")
+    if "p_mcnemar" in result:
+        print(f"    McNemar exact ({result['mcnemar_on']}): p = {result['p_mcnemar']:.4g}; {a} right where {b} was "
+              f"wrong on {result['gained']} items, wrong where {b} was right on {result['lost']} (flips)")
 
 
 def _matrix_name(name_or_file: str) -> str:

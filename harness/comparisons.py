@@ -92,13 +92,18 @@ def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -
                               f"{', '.join(sorted(set(items['method']))) or 'none'})")
     if metric in CORPUS_METRICS:
         return _compare_corpus(subset, ids, a, b, metric)
-    diff = stats.bootstrap_difference(by_method[a], by_method[b], n_resamples=10 * RESAMPLES)
+    options = {}
+    if "weight" in subset and subset["weight"].notna().all() and len(subset):  # log-likelihoods and bytes
+        weights = subset.drop_duplicates("item_id").set_index("item_id").loc[ids, "weight"].to_numpy()
+        options = {"denominator": weights, "transform": lambda r: -r / np.log(2)}  # bits per byte
+    diff = stats.bootstrap_difference(by_method[a], by_method[b], n_resamples=10 * RESAMPLES, **options)
     out = {"a": a, "b": b, "n_items": len(ids), "seeds_a": by_method[a].shape[0], "seeds_b": by_method[b].shape[0],
-           "estimate_a": stats.point_estimate(by_method[a]), "estimate_b": stats.point_estimate(by_method[b]),
+           "estimate_a": stats.point_estimate(by_method[a], **options),
+           "estimate_b": stats.point_estimate(by_method[b], **options),
            "difference": diff.estimate, "low": diff.low, "high": diff.high, "p_bootstrap": diff.p_value,
            "method": "paired bootstrap over items" + (", seeds then items" if max(diff.n_seeds) > 1 else "")}
     first_a, first_b = by_method[a][0], by_method[b][0]
-    if stats.paired.is_binary(first_a) and stats.paired.is_binary(first_b):
+    if not options and stats.paired.is_binary(first_a) and stats.paired.is_binary(first_b):
         test = stats.mcnemar_exact(first_a, first_b)
         moved = stats.flips(first_b, first_a)
         out.update(p_mcnemar=test.p_value, lost=moved.lost, gained=moved.gained,
@@ -212,3 +217,49 @@ def tuning_budget(runs: pd.DataFrame, *, higher_is_better: bool) -> pd.DataFrame
     if not frames:
         return pd.DataFrame(columns=["model", "method", "k", "expected", "std", "n_rates"])
     return pd.concat(frames, ignore_index=True)[["model", "method", "k", "expected", "std", "n_rates"]]
+
+
+def forgetting_intervals(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Paired forgetting per model x method x probe from `pairs` (store.probe_item_pairs joined to
+    the runs' model, method, seed): how much worse the tuned model is than its base on the same
+    probe items, in the probe's units and the harness's sign (base - tuned for higher-is-better
+    scores, tuned - base for bits per byte: positive = forgot), with its paired bootstrap
+    interval (seeds, then items; bits per byte as a ratio of summed log-likelihoods over summed
+    bytes), and for 0/1 probes the flips of the first seed (`lost`: base right, tuned wrong)."""
+    rows = []
+    for (model, method, probe, metric), group in pairs.groupby(["model", "method", "probe", "metric"], sort=False):
+        wide = group.pivot_table(index="seed", columns="item_id", values="value", aggfunc="first").dropna(axis=1)
+        base = group.drop_duplicates("item_id").set_index("item_id").loc[wide.columns]
+        tuned, untrained = wide.to_numpy(), base["base_value"].to_numpy()[None, :]
+        higher = bool(group["higher_is_better"].iloc[0])
+        if group["weight"].notna().all():  # log-likelihood and bytes: bits per byte
+            options = {"denominator": base["weight"].to_numpy(), "transform": lambda r: -r / np.log(2)}
+        else:
+            options = {}
+        first, second = (untrained, tuned) if higher else (tuned, untrained)
+        diff = stats.bootstrap_difference(first, second, n_resamples=RESAMPLES, **options)
+        row = {"model": model, "method": method, "probe": probe, "metric": metric, "n_items": wide.shape[1],
+               "forgetting": diff.estimate, "low": diff.low, "high": diff.high, "p": diff.p_value}
+        if not options and stats.paired.is_binary(tuned[0]) and stats.paired.is_binary(untrained[0]):
+            moved = stats.flips(untrained[0], tuned[0])
+            row.update(lost=moved.lost, gained=moved.gained)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def with_forgetting(board: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard with, after each `forgetting_<probe>_<metric>` column, its paired interval
+    (`_low`, `_high`) and for 0/1 probes the flips (`_lost`, `_gained`)."""
+    if pairs.empty or board.empty:
+        return board
+    found = forgetting_intervals(pairs)
+    board = board.copy()
+    for (probe, metric), group in found.groupby(["probe", "metric"], sort=False):
+        name = f"forgetting_{probe}_{metric}"
+        at = board.columns.get_loc(name) + 1 if name in board else len(board.columns)
+        values = group.set_index(["model", "method"])
+        keys = list(zip(board["model"], board["method"]))
+        for offset, part in enumerate(("low", "high", "lost", "gained")):
+            if part in values:
+                board.insert(at + offset, f"{name}_{part}", [values[part].get(k) for k in keys])
+    return board

@@ -148,6 +148,17 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, long: pd.DataFrame,
                                       higher_is_better=task_metric_higher_is_better(task, primary))
 
 
+def with_forgetting(board: pd.DataFrame, pairs: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
+    """The board with paired forgetting intervals and flips per probe (harness.comparisons),
+    from the chosen runs' probe item pairs (store.probe_item_pairs)."""
+    from harness import comparisons
+
+    if pairs.empty or board.empty:
+        return board
+    axes = long.drop_duplicates("run_id")[["run_id", "model", "method", "seed"]]
+    return comparisons.with_forgetting(board, pairs.merge(axes, on="run_id"))
+
+
 def tuning_budget(long: pd.DataFrame, task: str | None) -> pd.DataFrame:
     """The expected best validation score after k tried learning rates, per model x method that
     tried several (harness.comparisons.tuning_budget), from run_metrics' rows of done runs."""

@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS items (
     run_id VARCHAR, split VARCHAR, metric VARCHAR, item_id VARCHAR, value DOUBLE, prediction VARCHAR,
     confidence DOUBLE, weight DOUBLE);
 CREATE TABLE IF NOT EXISTS item_texts (item_id VARCHAR PRIMARY KEY, input VARCHAR, reference VARCHAR);
+CREATE TABLE IF NOT EXISTS probe_baseline_items (
+    model VARCHAR, probe VARCHAR, config_hash VARCHAR, item_id VARCHAR, value DOUBLE, weight DOUBLE);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
@@ -191,6 +193,9 @@ class Store:
                 "higher_is_better, computed_at) VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [[r["model"], r["probe"], r["config_hash"], _finite(r["value"]), _finite(r["stderr"]), r["metric"],
                   r["higher_is_better"]] for r in rows])
+            for r in rows:
+                if r.get("items"):
+                    _write_baseline_items(con, r, replace=verb == "INSERT OR REPLACE")
 
     def get_probe_baseline(self, model: str, probe: str, config_hash: str) -> dict | None:
         """The cached base score {value, stderr, metric, higher_is_better}, or None."""
@@ -347,8 +352,10 @@ class Store:
         `cell_states`)."""
         long = self.run_metrics(matrix, task)
         board = boards.build(long, task)
-        items = self.item_outcomes(boards.chosen_run_ids(board, long), "test", texts=False)
-        return boards.with_cell_states(boards.with_intervals(board, items, long, task), self.cell_states(matrix, task))
+        chosen = boards.chosen_run_ids(board, long)
+        board = boards.with_intervals(board, self.item_outcomes(chosen, "test", texts=False), long, task)
+        board = boards.with_forgetting(board, self.probe_item_pairs(chosen), long)
+        return boards.with_cell_states(board, self.cell_states(matrix, task))
 
     def tuning_budget(self, matrix: str, task: str) -> pd.DataFrame:
         """Expected best validation score after k of the tried learning rates (leaderboard.py)."""
@@ -450,6 +457,32 @@ class Store:
             "SELECT r.method, r.seed, r.run_id, i.item_id, i.value FROM runs r JOIN items i USING (run_id) "
             "WHERE r.model = ? AND r.task = ? AND r.status = 'done' AND i.split = ?",
             [model, task, split])
+
+    def probe_item_pairs(self, run_ids: list[str]) -> pd.DataFrame:
+        """For each of these runs and each probe it was scored on: per item, the tuned model's
+        outcome and the base model's (from the cached base score the run used), paired on the
+        item id: run_id, probe, metric, higher_is_better, item_id, value, weight, base_value,
+        base_weight. Runs whose probes kept no item outcomes are absent."""
+        runs = self.query("SELECT run_id, config FROM runs WHERE list_contains(?, run_id)", [list(run_ids)])
+        keys = []
+        for run_id, config in zip(runs["run_id"], runs["config"]):
+            config = json.loads(config) if config else {}
+            model_ref = (config.get("identity") or {}).get("model")
+            for probe in config.get("probe_runs") or []:
+                keys.append((run_id, model_ref, probe["probe"], probe["config_hash"]))
+        if not keys:
+            return pd.DataFrame()
+        columns = [list(column) for column in zip(*keys)]
+        return self._query_items(
+            "WITH k AS (SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS model_ref, "
+            "unnest(?::VARCHAR[]) AS probe, unnest(?::VARCHAR[]) AS config_hash) "
+            "SELECT k.run_id, k.probe, b.metric, b.higher_is_better, i.item_id, i.value, i.weight, "
+            "p.value AS base_value, p.weight AS base_weight FROM k "
+            "JOIN items i ON i.run_id = k.run_id AND i.split = 'probe:' || k.probe "
+            "JOIN probe_baseline_items p ON p.model = k.model_ref AND p.probe = k.probe "
+            "AND p.config_hash = k.config_hash AND p.item_id = i.item_id "
+            "JOIN probe_baselines b ON b.model = k.model_ref AND b.probe = k.probe "
+            "AND b.config_hash = k.config_hash ORDER BY k.run_id, k.probe, i.item_id", columns)
 
     def item_texts(self, item_ids: list[str]) -> pd.DataFrame:
         """Input and reference of each item id."""
@@ -583,6 +616,21 @@ def _insert_items(con, records: list[RunRecord]) -> None:
                                                  "reference": [r for _, r in texts.values()]}))
         con.execute("INSERT OR IGNORE INTO item_texts SELECT * FROM incoming_texts")
         con.unregister("incoming_texts")
+
+
+def _write_baseline_items(con, row: dict, *, replace: bool) -> None:
+    """A base score's item outcomes (the base side of paired forgetting); like the score, the
+    first ones stored for a key are kept unless `replace`."""
+    key = [row["model"], row["probe"], row["config_hash"]]
+    where = "model = ? AND probe = ? AND config_hash = ?"
+    if replace:
+        con.execute(f"DELETE FROM probe_baseline_items WHERE {where}", key)
+    elif con.execute(f"SELECT count(*) FROM probe_baseline_items WHERE {where}", key).fetchone()[0]:
+        return
+    entry = row["items"]
+    weights = entry.get("weight") or [None] * len(entry["item_id"])
+    _insert(con, "probe_baseline_items", [[*key, item, _finite(value), _finite(weight)] for item, value, weight
+                                          in zip(entry["item_id"], entry["value"], weights)])
 
 
 def _insert(con, table: str, rows: list[list], verb: str = "INSERT") -> None:

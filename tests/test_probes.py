@@ -362,7 +362,7 @@ def records_read(results, run_id) -> RunRecord:
 
 
 def test_leaderboard_and_export_gain_probe_and_forgetting_columns(tiny_probes, tiny_models, tiny_dataset,
-                                                                    tmp_path):
+                                                                    tmp_path, capsys):
     import pandas as pd
 
     loaded = matrix.load(write_matrix(tmp_path, tiny_matrix(tiny_models, tiny_dataset, ["base", "full"],
@@ -378,6 +378,26 @@ def test_leaderboard_and_export_gain_probe_and_forgetting_columns(tiny_probes, t
     assert board.loc["base", "forgetting_mean_acc"] == 0.0
     assert board.loc["full", "forgetting_mean_bits_per_byte"] == pytest.approx(
         full.metric("mean", "bits_per_byte", kind="forgetting"))
+    # paired forgetting from the items: the point estimate is the recorded forgetting, inside its interval
+    for col, metric, split in (("forgetting_tiny_mc_acc_norm", "tiny_mc", "acc_norm"),
+                               ("forgetting_tiny_ppl_bits_per_byte", "tiny_ppl", "bits_per_byte")):
+        recorded = full.metric(metric, split, kind="forgetting")
+        assert board.loc["full", col] == pytest.approx(recorded)
+        assert board.loc["full", f"{col}_low"] <= recorded + 1e-9 <= board.loc["full", f"{col}_high"] + 2e-9
+    lost, gained = board.loc["full", "forgetting_tiny_mc_acc_norm_lost"], board.loc["full",
+                                                                                    "forgetting_tiny_mc_acc_norm_gained"]
+    n_items = len(store.item_outcomes([full.run_id], "probe:tiny_mc"))
+    assert (lost - gained) / n_items == pytest.approx(board.loc["full", "forgetting_tiny_mc_acc_norm"])
+    # harness compare: the probes too, full - base on the same items = minus the forgetting for accuracies
+    from harness import cli
+
+    assert cli.main(["compare", "full", "base", "--matrix", "tiny-probes", "--task", "sentiment",
+                     "--model", full.model, "--db", str(store.path)]) == 0
+    out = capsys.readouterr().out
+    mc = 0.0 - board.loc["full", "forgetting_tiny_mc_acc_norm"] + 0.0  # no "-0.0000"
+    assert f"probe tiny_mc (acc_norm): full" in out and f"difference full - base: {mc:+.4f}" in out
+    ppl = board.loc["full", "forgetting_tiny_ppl_bits_per_byte"] + 0.0
+    assert "probe tiny_ppl (bits per byte)" in out and f"difference full - base: {ppl:+.4f}" in out
     exported = pd.read_csv(store.export(tmp_path / "boards", matrix="tiny-probes")[0])
     assert "forgetting_mean_acc" in exported.columns and "probe_tiny_mc_acc_norm" in exported.columns
     # run detail: tuned next to base, perplexity's base taken from the recorded base score

@@ -25,6 +25,7 @@ from harness.probes.scoring import GUARD_ATOL, Scorer, Score, check_changed, fin
 
 HASHED_VERSIONS = ("lm_eval", "transformers", "torch", "scikit-learn")  # the libraries a base score depends on
 BASELINE_FIELDS = ("value", "stderr", "metric", "higher_is_better")
+PROBE_SPLIT = "probe:"  # a probe's item outcomes are stored under the split "probe:<name>"
 
 BaselineKey = tuple[str, str, str]  # (model reference, probe, config hash)
 
@@ -151,6 +152,8 @@ def run(record, configs: list[dict], ctx: ProbeRun) -> None:
             detail["seconds"] = round(seconds, 2)
         else:
             score, (metric, higher) = baselines[name][0], baselines[name][1:]
+        if score.items is not None:
+            record.items.append(score.items.entry(f"{PROBE_SPLIT}{name}"))
         results.append({"probe": name, "metric": metric, "higher_is_better": higher,
                         "tuned": score, "base": baselines[name][0]})
     record_scores(record, results)
@@ -183,7 +186,8 @@ def baselines_for(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, folde
                 details.append({"probe": c.name, "config_hash": hashes[c.name], "metric": metric,
                                 "baseline": "computed", "baseline_seconds": round(seconds, 2)})
             rows = [{"model": ctx.model_ref, "probe": name, "config_hash": hashes[name], "value": s.value,
-                     "stderr": s.stderr, "metric": metric, "higher_is_better": higher}
+                     "stderr": s.stderr, "metric": metric, "higher_is_better": higher,
+                     "items": None if s.items is None else s.items.entry(f"{PROBE_SPLIT}{name}")}
                     for name, (s, metric, higher) in computed.items()]
             record.probe_baselines = rows
             if rows and ctx.sweep:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.items import Outcomes
 from harness.probes.data import ProbeError, read_jsonl
 from harness.probes.registry import FEATURES, LM_EVAL, PERPLEXITY_METRIC, ProbeConfig
 
@@ -26,6 +27,7 @@ class ModelUnchanged(ProbeError):
 class Score:
     value: float
     stderr: float | None
+    items: Outcomes | None = None  # one outcome per probe item, when the scorer gives them
 
 
 # --------------------------------------------------------------------------- the logits guard
@@ -99,7 +101,7 @@ def lm_eval_score(lm, config: ProbeConfig | dict, folder: Path) -> tuple[Score, 
     task = probe.task_name
     if task not in manager.all_tasks:
         raise ProbeError(f"probe {probe.name}: lm-eval has no task {task!r}")
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=False,
+    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True,
                           bootstrap_iters=1000, verbosity="ERROR", **extra)
     results = out["results"][task]
     metrics = [k.split(",")[0] for k in results if "," in k and "_stderr" not in k]
@@ -110,7 +112,35 @@ def lm_eval_score(lm, config: ProbeConfig | dict, folder: Path) -> tuple[Score, 
     key = next(k for k in results if k.split(",")[0] == metric)
     stderr = results.get(key.replace(metric, f"{metric}_stderr", 1))
     higher = out.get("higher_is_better", {}).get(task, {}).get(metric, probe.higher_is_better)
-    return Score(float(results[key]), _number(stderr)), metric, bool(higher)
+    items = sample_outcomes(out.get("samples", {}).get(task, []), metric)
+    return Score(float(results[key]), _number(stderr), items), metric, bool(higher)
+
+
+def sample_outcomes(samples: list[dict], metric: str) -> Outcomes | None:
+    """Item outcomes from lm-eval's logged samples: for a (loglik, bytes) metric such as bits
+    per byte the document's log-likelihood (value) and byte count (weight); otherwise the
+    per-document metric (acc, acc_norm: 0/1), the chosen answer index and, for `acc`, the
+    probability the choice's log-likelihoods give it."""
+    import numpy as np
+
+    if not samples or any(metric not in s for s in samples):
+        return None
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    inputs = [str(s["arguments"][0][0]) if s.get("arguments") else str(s["doc"]) for s in samples]
+    references = [str(s["target"]) for s in samples]
+    if isinstance(samples[0][metric], (list, tuple)):
+        return Outcomes(metric=metric, values=[float(s[metric][0]) for s in samples],
+                        weights=[float(s[metric][1]) for s in samples], predictions=[""] * len(samples),
+                        inputs=inputs, references=references)
+    predictions, confidences = [], []
+    for s in samples:
+        logliks = np.array([float(r[0]) if isinstance(r, (list, tuple)) else float(r) for r in s["filtered_resps"]])
+        probs = np.exp(logliks - logliks.max())
+        probs /= probs.sum()
+        predictions.append(str(int(logliks.argmax())))
+        confidences.append(float(probs.max()))
+    return Outcomes(metric=metric, values=[float(s[metric]) for s in samples], predictions=predictions,
+                    confidences=confidences if metric == "acc" else None, inputs=inputs, references=references)
 
 
 def _number(value) -> float | None:
@@ -160,8 +190,14 @@ def feature_score(model, tokenizer, config: ProbeConfig | dict, folder: Path, dt
     labels = {s: np.array([r["label"] for r in split[s]]) for s in split}
     scaler = StandardScaler().fit(feats["train"])
     clf = LogisticRegression(max_iter=2000).fit(scaler.transform(feats["train"]), labels["train"])
-    acc = float((clf.predict(scaler.transform(feats["test"])) == labels["test"]).mean())
-    return Score(acc, math.sqrt(acc * (1 - acc) / len(labels["test"])))
+    probabilities = clf.predict_proba(scaler.transform(feats["test"]))
+    predicted = clf.classes_[probabilities.argmax(1)]
+    correct = (predicted == labels["test"]).astype(float)
+    acc = float(correct.mean())
+    items = Outcomes(metric="acc", values=correct.tolist(), predictions=[str(p) for p in predicted],
+                     confidences=probabilities.max(1).tolist(), inputs=[r["text"] for r in split["test"]],
+                     references=[str(r["label"]) for r in split["test"]])
+    return Score(acc, math.sqrt(acc * (1 - acc) / len(labels["test"])), items)
 
 
 class Scorer:
