@@ -220,3 +220,10 @@ def test_ingest_in_batches_equals_one_write_record_per_file(tmp_path, monkeypatc
     assert runs.loc["r1", "matrix"] == "m1" and runs.loc["r1", "sweep"] == "s1"
     assert ingested.metrics("r1")["value"].tolist() == [0.9]
     assert sorted(ingested.query("SELECT matrix FROM matrix_runs WHERE run_id = 'r1'")["matrix"]) == ["m1", "m2"]
+
+
+def test_bench_leaderboard_items_quick():
+    out = run_quick("bench_leaderboard_items.py")
+    assert "400 runs x 200 items" in out and "(80,000 item rows)" in out
+    assert seconds(line_with(out, "store.leaderboard (100 rows, 100 chosen runs)")) > 0
+    assert float(line_with(out, "per run").split()[-2]) > 0
