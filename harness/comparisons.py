@@ -20,6 +20,7 @@ from harness import stats
 CORPUS_METRICS = {"bleu": "bleu", "chrf": "chrf"}  # primary metric -> sacrebleu metric
 ALPHA = 0.05
 RESAMPLES = 2000  # per interval: ~1 ms per run at 1,000 items (bench/bench_stats.py)
+ECE_RESAMPLES = 1000  # ECE's replicates bin every resample: several times the cost of a mean's
 METHOD_NOTE = ("95% percentile bootstrap over test items (seeds, then items), paired on item ids; "
                "tied = not significantly worse than the model's best, Holm-corrected "
                "(McNemar's exact test for single runs of 0/1 outcomes)")
@@ -70,11 +71,11 @@ def _calibration(items: pd.DataFrame, base: str) -> dict[str, dict]:
                              aggfunc="first").dropna()
     out = {}
     for method in wide["value"].columns:
-        ece = stats.bootstrap_ece(wide["confidence"][method], wide["value"][method], n_resamples=RESAMPLES)
+        ece = stats.bootstrap_ece(wide["confidence"][method], wide["value"][method], n_resamples=ECE_RESAMPLES)
         out[method] = {"ece": ece.estimate, "ece_low": ece.low, "ece_high": ece.high}
         if base in wide["value"].columns and method != base:
             change = stats.ece_difference(wide["confidence"][base], wide["value"][base], wide["confidence"][method],
-                                          wide["value"][method], n_resamples=RESAMPLES)
+                                          wide["value"][method], n_resamples=ECE_RESAMPLES)
             out[method].update(ece_change=change.estimate, ece_change_low=change.low, ece_change_high=change.high)
     return out
 
@@ -188,16 +189,14 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
     if items.empty or board.empty or primary in CORPUS_METRICS:
         return board
     items = chosen_runs(items, board)
-    for model, group in items.groupby("model", sort=False):
-        found = cell_intervals(group, higher_is_better=higher_is_better)
-        if found.empty:
-            continue
-        found = found.rename(columns={"low": f"test_{primary}_low", "high": f"test_{primary}_high"})
-        for row in found.itertuples(index=False):
-            at = (board["model"] == model) & (board["method"] == row.method)
-            for column in columns:
-                if column in found.columns:
-                    board.loc[at, column] = getattr(row, column)
+    found = [cell_intervals(group, higher_is_better=higher_is_better).assign(model=model)
+             for model, group in items.groupby("model", sort=False)]
+    found = pd.concat([f for f in found if not f.empty] or [pd.DataFrame(columns=["model", "method"])])
+    found = found.rename(columns={"low": f"test_{primary}_low", "high": f"test_{primary}_high"})
+    keyed = board[["model", "method"]].merge(found, on=["model", "method"], how="left")
+    for column in columns:
+        if column in keyed:
+            board[column] = keyed[column].to_numpy() if column != "tied_with_best" else keyed[column].astype(object).to_numpy()
     return board
 
 

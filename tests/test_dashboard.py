@@ -324,7 +324,7 @@ def test_page_keeps_working_while_a_sweep_writes(swept, tmp_path, monkeypatch):
     """A writer process committing runs into the store while the page re-renders: every render
     succeeds and shows the leaderboard as the store had it at some moment."""
     store = copy_store(swept, tmp_path)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), "4"], stdout=subprocess.PIPE,
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), "8"], stdout=subprocess.PIPE,
                               text=True)
     try:
         assert writer.stdout.readline().strip() == "writing"
