@@ -196,7 +196,9 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
     keyed = board[["model", "method"]].merge(found, on=["model", "method"], how="left")
     for column in columns:
         if column in keyed:
-            board[column] = keyed[column].to_numpy() if column != "tied_with_best" else keyed[column].astype(object).to_numpy()
+            values = keyed[column]
+            board[column] = values.to_numpy() if column != "tied_with_best" else \
+                values.astype(object).where(values.notna(), None).to_numpy()  # True/False, None: no items
     return board
 
 
