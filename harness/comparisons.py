@@ -165,12 +165,10 @@ def pairwise(items: pd.DataFrame) -> pd.DataFrame:
 
 def chosen_runs(items: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
     """The items of the runs a leaderboard row stands for: its model, method and chosen
-    learning rate (the best on validation; methods without a rate have NaN on both sides)."""
-    chosen = board[["model", "method", "lr"]].drop_duplicates()
-    key = items["lr"].fillna(-1.0)
-    merged = items.assign(lr_key=key).merge(chosen.assign(lr_key=chosen["lr"].fillna(-1.0))[
-        ["model", "method", "lr_key"]], on=["model", "method", "lr_key"])
-    return merged.drop(columns="lr_key")
+    learning rate (the best on validation; leaderboard.chosen_run_ids)."""
+    from harness import leaderboard
+
+    return items[items["run_id"].isin(leaderboard.chosen_run_ids(board, items))]
 
 
 def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, higher_is_better: bool) -> pd.DataFrame:
