@@ -12,6 +12,8 @@ the arithmetic in harness.stats. Every comparison is paired on the item ids both
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 
@@ -60,6 +62,50 @@ def cell_intervals(items: pd.DataFrame, *, higher_is_better: bool, base: str = "
     return pd.DataFrame(rows)
 
 
+def corpus_cell_intervals(items: pd.DataFrame, *, metric: str, base: str = "base") -> pd.DataFrame:
+    """`cell_intervals` for a corpus metric (BLEU, chrF; higher is better), from the predictions
+    of each method's first seed on the items every method scored, all through sacrebleu's paired
+    bootstrap (`stats.corpus_paired_bootstrap`, 1,000 resamples): a method's interval is
+    sacrebleu's bootstrap mean +- its 95% half-width, its gain over `base` the paired difference,
+    and tied with the best means a Holm-adjusted paired p > 0.05 against the best scorer."""
+    predictions, references = _first_seed_predictions(items)
+    if predictions.empty:
+        return pd.DataFrame()
+    name = CORPUS_METRICS[metric]
+    versus = {}
+    scores = {}
+    for method in predictions.columns:
+        other = base if base in predictions and method != base else method
+        versus[method, other] = _corpus_pair(predictions, references, method, other, name)
+        scores[method] = versus[method, other].score_a
+    best = max(scores, key=scores.get)
+    raw = {m: _corpus_pair(predictions, references, best, m, name).p_value for m in scores if m != best}
+    adjusted = {best: 1.0, **dict(zip(raw, stats.holm(list(raw.values())).tolist()))} if raw else {best: 1.0}
+    rows = []
+    for (method, other), result in versus.items():
+        row = {"method": method, "n_items": result.n_items, "estimate": result.score_a,
+               "low": result.mean_a - result.ci_a, "high": result.mean_a + result.ci_a,
+               "tied_with_best": adjusted[method] > ALPHA, "p_vs_best": adjusted[method]}
+        if other != method:
+            row.update(gain=result.difference, gain_low=result.low, gain_high=result.high, gain_p=result.p_value)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _first_seed_predictions(items: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """(item x method predictions of each method's first seed on the items all of them scored,
+    the references of those items)."""
+    first = items[items["seed"] == items.groupby("method")["seed"].transform("min")]
+    predictions = first.pivot_table(index="item_id", columns="method", values="prediction", aggfunc="first").dropna()
+    references = items.drop_duplicates("item_id").set_index("item_id").loc[predictions.index, "reference"]
+    return predictions, references
+
+
+def _corpus_pair(predictions: pd.DataFrame, references: pd.Series, a: str, b: str, metric: str):
+    return stats.corpus_paired_bootstrap(predictions[a].tolist(), predictions[b].tolist(), references.tolist(),
+                                         metric=metric)
+
+
 def _calibration(items: pd.DataFrame, base: str) -> dict[str, dict]:
     """Per method (first seed): expected calibration error (10 equal-width bins) of the
     probability given to each prediction, with its interval, and its paired change from `base`
@@ -92,7 +138,7 @@ def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -
         raise ComparisonError(f"no item outcomes for {', '.join(missing)} (methods with outcomes here: "
                               f"{', '.join(sorted(set(items['method']))) or 'none'})")
     if metric in CORPUS_METRICS:
-        return _compare_corpus(subset, ids, a, b, metric)
+        return _compare_corpus(subset, a, b, metric)
     options = {}
     if "weight" in subset and subset["weight"].notna().all() and len(subset):  # log-likelihoods and bytes
         weights = subset.drop_duplicates("item_id").set_index("item_id").loc[ids, "weight"].to_numpy()
@@ -112,13 +158,9 @@ def compare(items: pd.DataFrame, a: str, b: str, *, metric: str | None = None) -
     return out
 
 
-def _compare_corpus(items: pd.DataFrame, ids: np.ndarray, a: str, b: str, metric: str) -> dict:
-    first = items[items["seed"] == items.groupby("method")["seed"].transform("min")]
-    predictions = first.pivot_table(index="item_id", columns="method", values="prediction", aggfunc="first")
-    predictions = predictions.loc[ids]
-    references = items.drop_duplicates("item_id").set_index("item_id").loc[ids, "reference"]
-    result = stats.corpus_paired_bootstrap(predictions[a].tolist(), predictions[b].tolist(), references.tolist(),
-                                           metric=CORPUS_METRICS[metric])
+def _compare_corpus(items: pd.DataFrame, a: str, b: str, metric: str) -> dict:
+    predictions, references = _first_seed_predictions(items)
+    result = _corpus_pair(predictions, references, a, b, CORPUS_METRICS[metric])
     return {"a": a, "b": b, "n_items": result.n_items, "estimate_a": result.score_a, "estimate_b": result.score_b,
             "difference": result.difference, "low": result.low, "high": result.high,
             "p_bootstrap": result.p_value, "method": f"sacrebleu paired bootstrap ({result.signature})"}
@@ -184,11 +226,12 @@ def with_intervals(board: pd.DataFrame, items: pd.DataFrame, *, primary: str, hi
     for offset, column in enumerate(columns):
         board.insert(at + offset, column, pd.Series([None] * len(board), index=board.index,
                                                    dtype=object if column == "tied_with_best" else float))
-    if items.empty or board.empty or primary in CORPUS_METRICS:
+    if items.empty or board.empty:
         return board
     items = chosen_runs(items, board)
-    found = [cell_intervals(group, higher_is_better=higher_is_better).assign(model=model)
-             for model, group in items.groupby("model", sort=False)]
+    per_model = partial(corpus_cell_intervals, metric=primary) if primary in CORPUS_METRICS else \
+        partial(cell_intervals, higher_is_better=higher_is_better)
+    found = [per_model(group).assign(model=model) for model, group in items.groupby("model", sort=False)]
     found = pd.concat([f for f in found if not f.empty] or [pd.DataFrame(columns=["model", "method"])])
     found = found.rename(columns={"low": f"test_{primary}_low", "high": f"test_{primary}_high"})
     keyed = board[["model", "method"]].merge(found, on=["model", "method"], how="left")

@@ -133,6 +133,14 @@ def chosen_run_ids(board: pd.DataFrame, long: pd.DataFrame) -> list[str]:
     return keyed["run_id"].tolist()
 
 
+def intervals_need_texts(long: pd.DataFrame) -> bool:
+    """Whether `with_intervals` needs the items' predictions and references: a corpus primary
+    metric (BLEU, chrF) is recomputed from them in every resample."""
+    from harness import comparisons
+
+    return not long.empty and long["primary_metric"].dropna().iloc[0] in comparisons.CORPUS_METRICS
+
+
 def with_intervals(board: pd.DataFrame, items: pd.DataFrame, long: pd.DataFrame, task: str | None) -> pd.DataFrame:
     """The board with paired-bootstrap intervals, gains over base, ties with the best and
     calibration per row (harness.comparisons), from the chosen runs' test items (`items`: the

@@ -353,7 +353,8 @@ class Store:
         long = self.run_metrics(matrix, task)
         board = boards.build(long, task)
         chosen = boards.chosen_run_ids(board, long)
-        board = boards.with_intervals(board, self.item_outcomes(chosen, "test", texts=False), long, task)
+        items = self.item_outcomes(chosen, "test", texts=boards.intervals_need_texts(long))
+        board = boards.with_intervals(board, items, long, task)
         board = boards.with_forgetting(board, self.probe_item_pairs(chosen), long)
         return boards.with_cell_states(board, self.cell_states(matrix, task))
 
@@ -429,11 +430,12 @@ class Store:
 
     def item_outcomes(self, run_ids: list[str], split: str | None = None, *, texts: bool = True) -> pd.DataFrame:
         """The item-level outcomes of these runs (one split, or all): run_id, split, metric,
-        item_id, value, confidence, weight, and with `texts` the prediction too."""
-        columns = [c for c in ITEM_COLUMNS if texts or c != "prediction"]
+        item_id, value, confidence, weight, and with `texts` the prediction and reference too."""
+        columns = [f"i.{c}" for c in ITEM_COLUMNS if texts or c != "prediction"]
+        reference, join = (", t.reference", " LEFT JOIN item_texts t USING (item_id)") if texts else ("", "")
         return self._query_items(
-            f"SELECT {', '.join(columns)} FROM items WHERE list_contains(?, run_id) "
-            "AND (? IS NULL OR split = ?) ORDER BY run_id, split, item_id",
+            f"SELECT {', '.join(columns)}{reference} FROM items i{join} WHERE list_contains(?, i.run_id) "
+            "AND (? IS NULL OR i.split = ?) ORDER BY i.run_id, i.split, i.item_id",
             [list(run_ids), split, split])
 
     def task_items(self, matrix: str, task: str, split: str, *, models: list[str] | None = None) -> pd.DataFrame:

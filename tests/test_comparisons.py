@@ -97,6 +97,31 @@ def test_bleu_differences_use_sacrebleus_paired_bootstrap():
     assert "sacrebleu paired bootstrap" in result["method"] and result["p_bootstrap"] < 0.05
 
 
+def test_leaderboard_rows_of_a_bleu_task_get_sacrebleus_intervals_and_ties():
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = ["the cat sat on the mat", "a dog ran in the park", "birds fly south in winter", "she reads a book"] * 5
+    systems = {"base": ["the cat on mat", "dog ran park", "birds fly", "she a book"] * 5,
+               "lora": list(refs), "ia3": list(refs[:-1]) + ["she reads"]}
+    items = frame({m: [[0.0] * 20] for m in systems}, predictions=systems)
+    items["reference"] = [refs[int(i[4:])] for i in items["item_id"]]
+    board = pd.DataFrame({"model": "m", "method": list(systems), "lr": None, "test_bleu": 0.0})
+    rows = comparisons.with_intervals(board, items.assign(model="m", lr=None, run_id=items["method"]),
+                                      primary="bleu", higher_is_better=True).set_index("method")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SACREBLEU_SEED", "12345")
+        _, scores = PairedTest([("base", systems["base"]), ("lora", systems["lora"])], {"bleu": BLEU()}, [refs],
+                               test_type="bs", n_samples=1000)()
+    lora = scores["BLEU"][1]
+    assert rows.loc["lora", "test_bleu_low"] == pytest.approx(lora.mean - lora.ci)
+    assert rows.loc["lora", "test_bleu_high"] == pytest.approx(lora.mean + lora.ci)
+    assert rows.loc["lora", "gain"] == pytest.approx(lora.score - scores["BLEU"][0].score)
+    assert rows.loc["lora", "gain_p"] == pytest.approx(lora.p_value) and rows.loc["lora", "gain_low"] > 0
+    assert rows.loc["lora", "tied_with_best"] is True and rows.loc["base", "tied_with_best"] is False
+    assert rows.loc["ia3", "tied_with_best"] is True and pd.isna(rows.loc["base", "gain"])
+
+
 def test_calibration_error_and_its_change_from_base():
     # base: always 90% sure, right 9 times in 10 (calibrated); tuned: always 100% sure, right 8 in 10
     base = [1.0] * 90 + [0.0] * 10
