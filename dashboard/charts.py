@@ -14,6 +14,8 @@ COSTS = ("trainable_params", "peak_memory_mb", "train_time_s", "artifact_mb", "t
          "eval_time_s")
 THROUGHPUT = tuple(leaderboard.EFFICIENCY_HIGHER_IS_BETTER)
 LOG_BY_DEFAULT = ("trainable_params", "total_params")
+# Columns that describe another column (over seeds, its interval, its flips), not a score of their own.
+DERIVED = ("_std", "_ci95", "_low", "_high", "_lost", "_gained")
 # Vega expression: 0, 10, 100, 1k, 10k, ... 1M, ... 1G for powers of ten on a log-like axis.
 SI_LABEL = ("datum.value < 1e3 ? format(datum.value, 'd') : datum.value < 1e6 ? format(datum.value / 1e3, 'd') + 'k'"
             " : datum.value < 1e9 ? format(datum.value / 1e6, 'd') + 'M' : format(datum.value / 1e9, 'd') + 'G'")
@@ -27,13 +29,14 @@ HELP = {
     "peak_memory_mb": "peak memory, MB (CUDA max allocated, or the process's peak RSS on CPU)",
     "artifact_mb": "size of what the method saved, MB",
     "task_gain": "test score minus the mean of the base method's runs of the same model",
+    "gain": "test primary metric minus the base row's on the same test items (paired)",
 }
 
 
 def lower_is_better(column: str, task: str | None = None) -> bool:
     """The column's declared direction (harness/leaderboard.py reads the task's and the probes'
     declarations); std and interval columns follow their metric."""
-    for suffix in ("_std", "_ci95"):
+    for suffix in DERIVED:
         column = column.removesuffix(suffix)
     return not leaderboard.higher_is_better(column, task)
 
@@ -41,7 +44,7 @@ def lower_is_better(column: str, task: str | None = None) -> bool:
 def score_columns(table: pd.DataFrame) -> list[str]:
     """Task scores, without their std columns: the test primary metric first (where the table
     names it), then the other test metrics, then validation."""
-    cols = [c for c in table.columns if c.startswith(("test_", "validation_")) and not c.endswith(("_std", "_ci95"))]
+    cols = [c for c in table.columns if c.startswith(("test_", "validation_")) and not c.endswith(DERIVED)]
     primary = f"test_{table['primary_metric'].iloc[0]}" if "primary_metric" in table and len(table) else None
     return sorted(cols, key=lambda c: (c != primary, not c.startswith("test_"), cols.index(c)))
 
@@ -51,7 +54,7 @@ def cost_columns(table: pd.DataFrame) -> list[str]:
 
 
 def forgetting_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith(("_std", "_ci95"))]
+    return [c for c in table.columns if c.startswith("forgetting_") and not c.endswith(DERIVED)]
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, task: str | None = None) -> pd.Series:
@@ -70,6 +73,41 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, task: str | None = None) 
     return front
 
 
+def pareto_by_model(points: pd.DataFrame, x: str, y: str, task: str | None = None) -> pd.Series:
+    """`pareto_front` within each model: models are tuned from different bases (and probed on
+    different probes), so one model's points never push another's off its front."""
+    front = pd.Series(False, index=points.index)
+    for _, group in points.groupby("model", sort=False):
+        front[group.index] = pareto_front(group, x, y, task)
+    return front
+
+
+def interval_columns(points: pd.DataFrame, column: str) -> tuple[str, str] | None:
+    """The (`<column>_low`, `<column>_high`) pair of a column's 95% interval, where the table
+    has one (the leaderboard's paired-bootstrap columns)."""
+    low, high = f"{column}_low", f"{column}_high"
+    return (low, high) if low in points and high in points and points[[low, high]].notna().any().any() else None
+
+
+def indistinguishable(points: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """Per point: the other points of its model (by method) whose estimates lie inside its
+    95% interval on every axis that has one, as "a, b" ("" when none, or without intervals).
+    A point whose interval spans others cannot be ordered against them by this plot."""
+    axes = [(column, interval_columns(points, column)) for column in (x, y)]
+    axes = [(column, bounds) for column, bounds in axes if bounds]
+    names = pd.Series("", index=points.index)
+    if not axes:
+        return names
+    for _, group in points.groupby("model", sort=False):
+        for idx, row in group.iterrows():
+            inside = pd.Series(True, index=group.index).drop(idx)
+            for column, (low, high) in axes:
+                others = group[column].drop(idx)
+                inside &= others.between(row[low], row[high]) if pd.notna(row[low]) else False
+            names[idx] = ", ".join(group.loc[inside[inside].index, "method"].astype(str))
+    return names
+
+
 def short_model(model: str) -> str:
     """A model's last path component (tiny test models are absolute paths)."""
     return str(model).rstrip("/").rsplit("/", 1)[-1]
@@ -77,8 +115,9 @@ def short_model(model: str) -> str:
 
 def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False,
                    task: str | None = None) -> alt.Chart:
-    """Scatter of `y` against `x`, colored by method, shaped by model, with the Pareto front
-    drawn as a dashed step line and its points ringed. `points` needs a `pareto` column."""
+    """Scatter of `y` against `x`, colored by method, shaped by model, with each model's Pareto
+    front drawn as a dashed step line and its points ringed (`points` needs a `pareto` column),
+    and 95% error bars on the axes whose `_low`/`_high` columns the table has."""
     data = points.assign(model_name=points["model"].map(short_model))
     if log_x:  # symlog, not log: a base row trains 0 parameters
         top = max(float(data[x].max(skipna=True) or 1), 1)
@@ -88,15 +127,45 @@ def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False,
     else:
         x_enc = alt.X(x, type="quantitative", title=_axis_title(x, task), scale=alt.Scale(zero=False))
     y_enc = alt.Y(y, type="quantitative", title=_axis_title(y, task), scale=alt.Scale(zero=False))
-    tooltip = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y) if c in data.columns]
+    shown = ("model", "method", "seed", "n_seeds", "run_id", x, f"{x}_low", f"{x}_high", y, f"{y}_low", f"{y}_high")
+    tooltip = [c for c in shown if c in data.columns]
     dots = alt.Chart(data).mark_point(filled=True, size=90, opacity=0.85).encode(
         x=x_enc, y=y_enc, color=alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique()))),
         shape=alt.Shape("model_name:N", title="model"), tooltip=tooltip)
     front = data[data["pareto"]].sort_values(x)
     line = alt.Chart(front).mark_line(strokeDash=[5, 4], color="#666", interpolate="step-after").encode(
-        x=x_enc, y=y_enc)
+        x=x_enc, y=y_enc, detail="model_name:N")
     rings = alt.Chart(front).mark_point(size=260, color="#111", strokeWidth=1.5).encode(x=x_enc, y=y_enc)
-    return (line + dots + rings).properties(height=420)
+    layers = [line, *_error_bars(data, x, y, x_enc, y_enc), dots, rings]
+    return alt.layer(*layers).properties(height=420)
+
+
+def _error_bars(data: pd.DataFrame, x: str, y: str, x_enc, y_enc) -> list[alt.Chart]:
+    """Rules from each point's interval low to high, on each axis that has an interval."""
+    color = alt.Color("method:N", legend=None)
+    bars = []
+    if bounds := interval_columns(data, y):
+        bars.append(alt.Chart(data.dropna(subset=list(bounds))).mark_rule(opacity=0.6).encode(
+            x=x_enc, y=alt.Y(bounds[0], type="quantitative"), y2=alt.Y2(bounds[1]), color=color))
+    if bounds := interval_columns(data, x):
+        bars.append(alt.Chart(data.dropna(subset=list(bounds))).mark_rule(opacity=0.6).encode(
+            x=alt.X(bounds[0], type="quantitative"), x2=alt.X2(bounds[1]), y=y_enc, color=color))
+    return bars
+
+
+def tuning_budget_chart(curve: pd.DataFrame, task: str | None = None) -> alt.Chart:
+    """Expected best validation score after k tried learning rates (one line per method, a band
+    of +- one std of the best-of-k), one panel per model."""
+    data = curve.assign(model_name=curve["model"].map(short_model), low=curve["expected"] - curve["std"],
+                        high=curve["expected"] + curve["std"])
+    color = alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique())))
+    x = alt.X("k:Q", title="learning rates tried", axis=alt.Axis(tickMinStep=1))
+    band = alt.Chart().mark_area(opacity=0.15).encode(x=x, y=alt.Y("low:Q"), y2="high:Q", color=color)
+    line = alt.Chart().mark_line(point=True).encode(
+        x=x, y=alt.Y("expected:Q", title="expected best validation score", scale=alt.Scale(zero=False)), color=color,
+        tooltip=["model", "method", "k", "expected", "std", "n_rates"])
+    return alt.layer(band, line, data=data).properties(height=300, width=360).facet(
+        column=alt.Column("model_name:N", title="model"))
 
 
 def curves_long(curves: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:

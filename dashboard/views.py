@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
+from harness import leaderboard as leaderboard_rows
 from harness.records import STATES
 from harness.store import STATE_ORDER, Store
 
@@ -67,6 +68,18 @@ def leaderboard(store: Store, f: Filters) -> None:
                "`n_seeds` = finished runs. Test metrics are on the task's held-out test split.")
     if not charts.forgetting_columns(board):
         st.caption(NO_FORGETTING)
+    tuning_budget(store, f)
+
+
+def tuning_budget(store: Store, f: Filters) -> None:
+    curve = leaderboard_rows.keep_rows(store.tuning_budget(f.matrix, f.task), **f.axes)
+    if curve.empty:
+        return
+    st.subheader("Tuning budget")
+    st.altair_chart(charts.tuning_budget_chart(curve, f.task))
+    st.caption("Expected best validation score after trying k of a method's learning rates (Dodge et al. 2019, "
+               "unbiased estimator of Tang et al. 2020; band: +- one std of the best of k). A method that is "
+               "best only at the right end needs its whole grid to win.")
 
 
 def _column_config(board: pd.DataFrame) -> dict:
@@ -88,9 +101,15 @@ def _column_config(board: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- trade-offs
 
+POINTS = ("model x method (leaderboard rows, 95% intervals)", "each run")
+INTERVALS_NOTE = ("Error bars: 95% paired bootstrap intervals over test or probe items (seeds, then items), as in "
+                  "the leaderboard; dashed lines: each model's Pareto front (fronts never mix models, which start "
+                  "from different bases).")
+
+
 def tradeoffs(store: Store, f: Filters) -> None:
     st.header(f"Trade-offs: {f.task}")
-    each_run = st.radio("points", ["model x method (mean over seeds)", "each run"], horizontal=True) == "each run"
+    each_run = st.radio("points", POINTS, horizontal=True) == "each run"
     points = (store.run_table(f.matrix, f.task, **f.axes) if each_run
               else store.filtered_leaderboard(f.matrix, f.task, **f.axes))
     if points.empty:
@@ -106,22 +125,38 @@ def tradeoffs(store: Store, f: Filters) -> None:
 
 def learning_vs_forgetting(store: Store, f: Filters) -> None:
     st.subheader("Learning vs forgetting")
-    table = store.learning_forgetting(f.matrix, f.task, **f.axes)
+    each_run = st.radio("points", POINTS, horizontal=True, key="forgetting_points") == "each run"
+    table = (store.learning_forgetting(f.matrix, f.task, **f.axes) if each_run
+             else store.filtered_leaderboard(f.matrix, f.task, **f.axes))
     probes = charts.forgetting_columns(table)
     if table.empty or not probes:
         st.info(NO_FORGETTING)
         return
     x = st.selectbox("forgetting probe (x axis)", probes)
-    st.caption("One point per run. task_gain = the run's test score minus the mean of the base method's runs "
-               "of the same model; forgetting = how much worse the tuned model does on the probe than the base "
-               "model (base - tuned for accuracies, tuned - base for bits per byte), so right = forgot more.")
-    _pareto_plot(table, x, "task_gain", log_x=False, task=f.task)
+    gain = "task_gain" if each_run else "gain"
+    st.caption(f"{'One point per run' if each_run else 'One point per leaderboard row'}. {gain} = the test score "
+               "minus the base method's of the same model; forgetting = how much worse the tuned model does on "
+               "the probe than the base model (base - tuned for accuracies, tuned - base for bits per byte), so "
+               "right = forgot more. Only the models scored on this probe are shown.")
+    _pareto_plot(table, x, gain, log_x=False, task=f.task)
 
 
 def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str) -> None:
-    points = points.assign(pareto=charts.pareto_front(points, x, y, task))
+    points = points.dropna(subset=[x, y]) if len(points) else points
+    if points.empty:
+        st.info(f"No point has both {x} and {y}.")
+        return
+    points = points.assign(pareto=charts.pareto_by_model(points, x, y, task),
+                           indistinguishable_from=charts.indistinguishable(points, x, y))
     st.altair_chart(charts.tradeoff_chart(points, x, y, log_x=log_x, task=task), width="stretch")
-    shown = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y, "pareto") if c in points.columns]
+    with_bars = [c for c in (x, y) if charts.interval_columns(points, c)]
+    st.caption(INTERVALS_NOTE if with_bars else "No intervals on these axes: each run alone, or no item outcomes.")
+    for row in points[points["indistinguishable_from"] != ""].itertuples():
+        st.caption(f"{charts.short_model(row.model)} · {row.method}: its interval spans "
+                   f"{row.indistinguishable_from}, so this plot cannot order them.")
+    bounds = [c for column in (x, y) for c in (charts.interval_columns(points, column) or ())]
+    shown = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y, *bounds, "pareto",
+                         "indistinguishable_from") if c in points.columns]
     with st.expander("points", expanded=False):
         st.dataframe(points[shown].sort_values(x), hide_index=True)
 

@@ -50,7 +50,7 @@ def higher_is_better(col: str, task: str | None = None) -> bool:
     if col.startswith(("probe_base_", "probe_")):
         return _probe_higher_is_better(col.removeprefix("probe_base_") if col.startswith("probe_base_")
                                        else col.removeprefix("probe_"))
-    if col == "task_gain":
+    if col in ("task_gain", "gain"):
         return True
     split, _, metric = col.partition("_")
     return task_metric_higher_is_better(task, metric if metric else col)

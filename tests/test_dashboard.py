@@ -110,6 +110,19 @@ def test_leaderboard_filters_and_sorts(swept, monkeypatch, tiny_models):
     same(app.dataframe[0].value, expected.sort_values("train_time_s", kind="stable"))
 
 
+def test_leaderboard_draws_the_tuning_budget_of_methods_with_several_rates(tmp_path, monkeypatch):
+    store = Store(tmp_path / "h.duckdb")
+    for run_id, lr, acc in (("r1", 1e-4, 0.70), ("r2", 1e-3, 0.80), ("r3", 1e-2, 0.90)):
+        record = make_record(run_id, acc=acc)
+        record.config = {"method_options": {"lr": lr}}
+        store.write_record(record)
+    app = start(store, monkeypatch, view="Leaderboard")
+    assert [h.value for h in app.subheader] == ["Tuning budget"]
+    curves = [d for d in chart_data(app) if "expected" in d]
+    assert curves and curves[0]["expected"].tolist() == pytest.approx([0.75, (0.75 + 0.85 + 0.85) / 3, 0.85])
+    assert any("Dodge et al. 2019" in c.value for c in app.caption)
+
+
 # ----------------------------------------------------------------------------- trade-offs
 
 def test_tradeoffs_plot_the_leaderboard_with_its_pareto_front(swept, monkeypatch):
@@ -120,13 +133,20 @@ def test_tradeoffs_plot_the_leaderboard_with_its_pareto_front(swept, monkeypatch
     assert widget(app.checkbox, "log x").value is True
     points = app.dataframe[0].value
     assert sorted(points["test_accuracy"]) == sorted(board["test_accuracy"])
-    expected_front = charts.pareto_front(board, "trainable_params", "test_accuracy")
+    expected_front = charts.pareto_by_model(board, "trainable_params", "test_accuracy")
     on_front = set(board[expected_front]["method"] + "@" + board[expected_front]["model"])
     assert set(points[points["pareto"]]["method"] + "@" + points[points["pareto"]]["model"]) == on_front
-    # the cheapest point (a base row, 0 trainable parameters) is always on the front
-    assert points.sort_values(["trainable_params", "test_accuracy"], ascending=[True, False])["pareto"].iloc[0]
-    assert any(sorted(d["test_accuracy"]) == sorted(board["test_accuracy"]) for d in chart_data(app)
-               if "test_accuracy" in d)
+    # each model's cheapest point (its base row, 0 trainable parameters) is on that model's front
+    for _, group in points.groupby("model"):
+        assert group.sort_values(["trainable_params", "test_accuracy"], ascending=[True, False])["pareto"].iloc[0]
+    # error bars: the leaderboard's paired-bootstrap interval of every row reaches the chart
+    bars = [sorted(d["test_accuracy_low"]) for d in chart_data(app) if "test_accuracy_low" in d]
+    assert sorted(board["test_accuracy_low"]) in bars
+    assert sorted(points["test_accuracy_high"]) == sorted(board["test_accuracy_high"])
+    assert any("Error bars: 95% paired bootstrap" in c.value for c in app.caption)
+    spans = points[points["indistinguishable_from"] != ""]
+    assert all(any(f"{r.method}: its interval spans {r.indistinguishable_from}" in c.value for c in app.caption)
+               for r in spans.itertuples())
     assert views.NO_FORGETTING in app.info[0].value  # no probes in a tiny sweep
 
 
@@ -152,11 +172,12 @@ def test_learning_vs_forgetting_plots_gain_over_base_against_probe_drop(tmp_path
         store.write_record(rec)
     app = start(store, monkeypatch, view="Trade-offs")
     assert widget(app.selectbox, "forgetting probe (x axis)").value == "forgetting_hamlet_acc"
+    app.radio(key="forgetting_points").set_value("each run").run()
     points = app.dataframe[1].value.set_index("run_id")
     assert points.loc["l0", "task_gain"] == pytest.approx(0.80 - 0.65)
     assert points.loc["f0", "task_gain"] == pytest.approx(0.90 - 0.65)
     assert points.loc["f0", "forgetting_hamlet_acc"] == pytest.approx(0.08)
-    assert pd.isna(points.loc["b0", "forgetting_hamlet_acc"])
+    assert "b0" not in points.index  # the base runs have no forgetting: no point
     assert points.loc["l0", "pareto"] and points.loc["f0", "pareto"]  # less forgetting vs more gain
     # the leaderboard and run detail show the probes too
     app.radio(key="view").set_value("Leaderboard").run()

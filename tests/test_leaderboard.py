@@ -68,6 +68,25 @@ def test_the_dashboard_reads_the_same_directions(error_task):
     assert charts.pareto_front(points, "trainable_params", "test_error_rate", "errors").tolist() == [True, True, False]
 
 
+def test_pareto_fronts_are_per_model_and_intervals_that_span_others_say_so():
+    import pandas as pd
+
+    from dashboard import charts
+
+    points = pd.DataFrame({"model": ["a", "a", "a", "b", "b"], "method": ["base", "lora", "full", "base", "lora"],
+                           "trainable_params": [0, 10, 100, 0, 10], "test_accuracy": [0.5, 0.7, 0.72, 0.9, 0.8],
+                           "test_accuracy_low": [0.45, 0.6, 0.69, 0.85, 0.75],
+                           "test_accuracy_high": [0.55, 0.8, 0.75, 0.95, 0.85]})
+    # one front over both models would drop every point of model a (b's base beats them all)
+    assert charts.pareto_by_model(points, "trainable_params", "test_accuracy").tolist() == [True, True, True, True, False]
+    assert charts.pareto_front(points, "trainable_params", "test_accuracy").tolist() == [False, False, False, True, False]
+    # lora's interval [0.6, 0.8] holds full's 0.72 and full's [0.69, 0.75] holds lora's 0.70; models never mix
+    spans = charts.indistinguishable(points, "trainable_params", "test_accuracy")
+    assert spans.tolist() == ["", "full", "lora", "", ""]
+    assert charts.indistinguishable(points.drop(columns=["test_accuracy_low", "test_accuracy_high"]),
+                                    "trainable_params", "test_accuracy").tolist() == [""] * 5
+
+
 def test_registries_refuse_duplicates_and_suggest_close_names():
     from harness import methods
     from harness.registry import Registry
