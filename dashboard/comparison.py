@@ -7,13 +7,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from dashboard import views
 from harness import comparisons, tasks
 from harness.store import Store
 
 
 def method_vs_method(store: Store, f) -> None:
     st.header(f"Method vs method: {f.task}")
-    board = store.filtered_leaderboard(f.matrix, f.task, **f.axes)
+    board = views.board_rows(store, f)
     board = board[board["status"].isin(["done", "partial"])] if "status" in board else board
     if board.empty:
         st.info("No finished runs match the filters yet.")

@@ -32,6 +32,28 @@ class Filters:
         return {"models": self.models, "methods": self.methods}
 
 
+def board_rows(store: Store, f: Filters) -> pd.DataFrame:
+    """The leaderboard rows the filters pick. The whole leaderboard (its paired bootstrap over
+    every row's items costs seconds on a large store) is computed once per state of the store
+    file and shared by every view and rerun until a write changes the file."""
+    return leaderboard_rows.keep_rows(_cached_leaderboard(store, f.matrix, f.task, _file_state(store.path)),
+                                      **f.axes)
+
+
+@st.cache_data(max_entries=32, show_spinner="computing the leaderboard's intervals...")
+def _cached_leaderboard(_store: Store, matrix: str, task: str, file_state: tuple) -> pd.DataFrame:
+    return _store.leaderboard(matrix, task)
+
+
+def _file_state(path: Path) -> tuple:
+    """What changes on every write: DuckDB commits to its write-ahead log, checkpoints to the file."""
+    state = [str(path.resolve())]
+    for part in (path, path.with_name(path.name + ".wal")):
+        stat = part.stat() if part.exists() else None
+        state.append((stat.st_mtime_ns, stat.st_size) if stat else None)
+    return tuple(state)
+
+
 def run_label(row) -> str:
     return f"{charts.short_model(row.model)} · {row.method} · seed {row.seed} · {row.status} · {row.run_id[:10]}"
 
@@ -40,7 +62,7 @@ def run_label(row) -> str:
 
 def leaderboard(store: Store, f: Filters) -> None:
     st.header(f"Leaderboard: {f.task}")
-    board = store.filtered_leaderboard(f.matrix, f.task, **f.axes)
+    board = board_rows(store, f)
     if board.empty:
         st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet: "
                 "see **Sweep status**, or run `harness sweep` on the matrix.")
@@ -111,7 +133,7 @@ def tradeoffs(store: Store, f: Filters) -> None:
     st.header(f"Trade-offs: {f.task}")
     each_run = st.radio("points", POINTS, horizontal=True) == "each run"
     points = (store.run_table(f.matrix, f.task, **f.axes) if each_run
-              else store.filtered_leaderboard(f.matrix, f.task, **f.axes))
+              else board_rows(store, f))
     if points.empty:
         st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet.")
     else:
@@ -127,7 +149,7 @@ def learning_vs_forgetting(store: Store, f: Filters) -> None:
     st.subheader("Learning vs forgetting")
     each_run = st.radio("points", POINTS, horizontal=True, key="forgetting_points") == "each run"
     table = (store.learning_forgetting(f.matrix, f.task, **f.axes) if each_run
-             else store.filtered_leaderboard(f.matrix, f.task, **f.axes))
+             else board_rows(store, f))
     probes = charts.forgetting_columns(table)
     if table.empty or not probes:
         st.info(NO_FORGETTING)

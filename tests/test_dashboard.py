@@ -110,6 +110,19 @@ def test_leaderboard_filters_and_sorts(swept, monkeypatch, tiny_models):
     same(app.dataframe[0].value, expected.sort_values("train_time_s", kind="stable"))
 
 
+def test_the_leaderboard_is_computed_once_per_state_of_the_store(tmp_path, monkeypatch):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("r1", acc=0.7))
+    computed = []
+    original = Store.leaderboard
+    monkeypatch.setattr(Store, "leaderboard", lambda self, *a: computed.append(a) or original(self, *a))
+    app = start(store, monkeypatch, view="Trade-offs")  # the leaderboard page, then trade-offs twice over
+    assert len(computed) == 1
+    store.write_record(make_record("r2", method="full", acc=0.9))
+    app.radio(key="view").set_value("Leaderboard").run()
+    assert len(computed) == 2 and sorted(app.dataframe[0].value["test_accuracy"]) == [0.7, 0.9]
+
+
 def test_leaderboard_draws_the_tuning_budget_of_methods_with_several_rates(tmp_path, monkeypatch):
     store = Store(tmp_path / "h.duckdb")
     for run_id, lr, acc in (("r1", 1e-4, 0.70), ("r2", 1e-3, 0.80), ("r3", 1e-2, 0.90)):
