@@ -168,6 +168,16 @@ def tuning_budget_chart(curve: pd.DataFrame, task: str | None = None) -> alt.Cha
         column=alt.Column("model_name:N", title="model"))
 
 
+def update_chart(matrices: pd.DataFrame) -> alt.Chart:
+    """Relative update norm and effective rank per weight matrix, in model order."""
+    data = matrices.assign(order=range(len(matrices)))
+    base = alt.Chart(data).encode(x=alt.X("order:Q", title="weight matrix (model order)"),
+                                  tooltip=["module", "kind", "rows", "cols", "relative", "effective_rank"])
+    relative = base.mark_bar().encode(y=alt.Y("relative:Q", title="update / pretrained norm"))
+    rank = base.mark_line(point=True, color="#d62728").encode(y=alt.Y("effective_rank:Q", title="effective rank"))
+    return alt.layer(relative, rank).resolve_scale(y="independent").properties(height=260)
+
+
 def curves_long(curves: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     """Training curves (one row per run and step) -> one row per run, step and series
     (train loss, eval loss), for an overlaid line chart."""

@@ -231,6 +231,7 @@ def run_detail(store: Store, f: Filters) -> None:
     st.markdown("**Metrics** (stderr where the metric has one)")
     st.dataframe(store.metrics(run_id), hide_index=True)
     _probes(store, run_id)
+    _weight_updates(store, run_id)
     _samples(store, run_id)
     st.markdown("**Resolved configuration**")
     st.json(run["config"], expanded=2)
@@ -256,6 +257,23 @@ def _probes(store: Store, run_id: str) -> None:
         st.caption("No probe scores for this run (the store has no forgetting probes yet).")
     else:
         st.dataframe(probes, hide_index=True)
+
+
+def _weight_updates(store: Store, run_id: str) -> None:
+    st.markdown("**What training changed in the weights**")
+    changed = store.weight_updates(run_id)
+    if changed.empty:
+        st.caption("No weight analysis for this run (the base method trains nothing, or the run predates it).")
+        return
+    st.caption("Per weight matrix: the update's Frobenius norm relative to the pretrained matrix, its effective "
+               "rank (singular directions holding 90% of its energy) and top singular values. LoRA: scaling x B A; "
+               "full and partial fine-tuning: trained - pretrained; parameters a method adds (IA3 scales, adapters, "
+               "prefixes, prompts) have no base matrix and report their own norm. `head`: a freshly initialised "
+               "task head, left out of the run's summary (mean_relative_update, median_effective_rank).")
+    matrices = changed[changed["kind"] != "parameters"].reset_index(drop=True)
+    if len(matrices):
+        st.altair_chart(charts.update_chart(matrices), width="stretch")
+    st.dataframe(changed, hide_index=True)
 
 
 def _samples(store: Store, run_id: str) -> None:

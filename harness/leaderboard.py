@@ -16,12 +16,13 @@ EFFICIENCY_HIGHER_IS_BETTER = {"train_tokens_per_s": True}  # every other effici
 COSTS = ("trainable_params", "peak_memory_mb", "train_time_s", "artifact_mb", "trainable_pct", "total_params",
          "eval_time_s", "probing_time_s")
 SCORE_KINDS = ("probe", "probe_base", "forgetting")
+UPDATE_SUMMARY = ("mean_relative_update", "median_effective_rank")  # harness.updates.summary, descriptive
 
 
 def column(kind, name, split) -> str:
     """A metric's column in the wide tables: `trainable_params` (efficiency), `test_accuracy`
     (task), `probe_<name>[_<split>]`, `probe_base_<name>[_<split>]`, `forgetting_<name>[_<split>]`."""
-    if kind == "efficiency":
+    if kind in ("efficiency", "update"):
         return name
     if kind in SCORE_KINDS:
         return f"{kind}_{name}" + (f"_{split}" if isinstance(split, str) else "")
@@ -102,6 +103,7 @@ def build(long: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     ordered += sorted(set(extra_sets["column"]))  # extra test sets (a task's eval_datasets)
     value_cols = [c for c in ordered if c in wide] + [c for c in [f"validation_{primary}"] if c in wide]
     value_cols += [c for c in EFFICIENCY if c in wide]
+    value_cols += [c for c in UPDATE_SUMMARY if c in wide]  # what training changed in the weights
     forgetting = sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("forgetting_"))
     value_cols += forgetting  # how much worse than the base model, per probe, once runs have probes
     value_cols += sorted(c for c in wide.columns if isinstance(c, str) and c.startswith("probe_")
@@ -116,8 +118,9 @@ def build(long: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     board["lr"] = grouped["lr"].first()
     board["lrs_tried"] = lrs_tried
     costs = [c for c in EFFICIENCY if c in board]
-    scores = [c for c in board.columns if c not in costs and c not in ("lr", "lrs_tried")]
-    board = board[scores + ["lr", "lrs_tried"] + costs]
+    changed = [c for c in UPDATE_SUMMARY if c in board]
+    scores = [c for c in board.columns if c not in costs + changed and c not in ("lr", "lrs_tried")]
+    board = board[scores + ["lr", "lrs_tried"] + costs + changed]
     board = board.reset_index().sort_values(f"test_{primary}", ascending=not higher, kind="stable")
     return board.reset_index(drop=True)
 

@@ -45,6 +45,8 @@ class RunRecord:
     # base probe scores this run computed (model, probe, config_hash, value, stderr, metric,
     # higher_is_better): the sweep writes them into the store's probe_baselines
     probe_baselines: list[dict[str, Any]] = field(default_factory=list)
+    # what training changed in the weights, one row per matrix (harness.updates.analyse)
+    updates: list[dict[str, Any]] = field(default_factory=list)
 
     def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
         self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})

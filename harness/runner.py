@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness import catalog, methods, metrics, provenance, tasks
+from harness import catalog, methods, metrics, provenance, tasks, updates
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
@@ -92,6 +92,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
                               **methods.load_kwargs(method, spec.method_options, placement))
     before = _probe_fingerprint(spec, method, model, tokenizer)
+    loaded = updates.base_parameters(model, new_head=head != "causal_lm")
     model = method.apply(model, spec.method_options, family, head)
     trainable, total = count_parameters(model)
     record.add_metric("efficiency", "trainable_params", trainable)
@@ -126,6 +127,9 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     if spec.probes:
         _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
                placement=placement, model_path=model_path, before=before, baselines=baselines, progress=progress)
+    if method.TRAINS:
+        _record_updates(record, model, loaded, lambda: models.load_model(
+            model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer).state_dict())
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
 
 
@@ -186,6 +190,16 @@ def _probe(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family
                               device=placement.device, dtype=placement.dtype, trains=method.TRAINS, before=before,
                               load_untrained=load_untrained, known=baselines, sweep=record.sweep, progress=progress)
     probes.run(record, list(spec.probes), context)
+
+
+def _record_updates(record: RunRecord, model, loaded, load_pretrained) -> None:
+    """What training changed in the weights (harness.updates), after scoring and probing so the
+    pretrained copy it may read never counts in the run's peak memory."""
+    start = time.perf_counter()
+    record.updates = updates.analyse(model, loaded, load_pretrained)
+    for name, value in updates.summary(record.updates).items():
+        record.add_metric("update", name, value)
+    record.add_metric("efficiency", "update_analysis_s", time.perf_counter() - start)
 
 
 def _record_training(record: RunRecord, result) -> None:

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS item_texts (item_id VARCHAR PRIMARY KEY, input VARCHAR, reference VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_baseline_items (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, item_id VARCHAR, value DOUBLE, weight DOUBLE);
+CREATE TABLE IF NOT EXISTS weight_updates (
+    run_id VARCHAR, module VARCHAR, kind VARCHAR, rows INTEGER, cols INTEGER, base_norm DOUBLE,
+    update_norm DOUBLE, relative DOUBLE, effective_rank INTEGER, singular_values DOUBLE[], head BOOLEAN);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
@@ -58,6 +61,8 @@ CREATE TABLE IF NOT EXISTS probe_baselines (
 PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "computed_at": "TIMESTAMP"}
 
 ITEM_COLUMNS = ("run_id", "split", "metric", "item_id", "value", "prediction", "confidence", "weight")
+UPDATE_COLUMNS = ("module", "kind", "rows", "cols", "base_norm", "update_norm", "relative", "effective_rank",
+                  "singular_values", "head")
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
                "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
 
@@ -139,7 +144,7 @@ class Store:
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in ("metrics", "curves", "samples", "items"):
+                for table in ("metrics", "curves", "samples", "items", "weight_updates"):
                     con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
                 self._upsert_run(con, record)
                 _insert(con, "metrics", [
@@ -151,6 +156,7 @@ class Store:
                 _insert(con, "samples", [
                     [record.run_id, s["idx"], s["input"], s["reference"], s["prediction"]] for s in record.samples])
                 _insert_items(con, [record])
+                _insert_arrow(con, "weight_updates", _update_rows([record]))
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -252,6 +258,7 @@ class Store:
             "samples": _columns(("run_id", "idx", "input", "reference", "prediction"), [
                 (r.run_id, s["idx"], s["input"], s["reference"], s["prediction"]) for r in records for s in r.samples]),
             "matrix_runs": _columns(("matrix", "run_id"), list(dict.fromkeys((r.matrix, r.run_id) for r in given))),
+            "weight_updates": _update_rows(records),
         }
         updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("run_id", "matrix", "sweep"))
         with self._connect() as con:
@@ -261,6 +268,7 @@ class Store:
                 con.execute("DELETE FROM curves WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM samples WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM items WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                con.execute("DELETE FROM weight_updates WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 _insert_items(con, records)
                 for table, rows in tables.items():
                     if rows.num_rows:
@@ -509,6 +517,12 @@ class Store:
             [run_id],
         )
 
+    def weight_updates(self, run_id: str) -> pd.DataFrame:
+        """What training changed in the run's weights, one row per matrix or added parameter
+        (harness.updates), in model order."""
+        return self._query_items(
+            f"SELECT {', '.join(UPDATE_COLUMNS)} FROM weight_updates WHERE run_id = ? ORDER BY rowid", [run_id])
+
     def probe_scores(self, run_id: str) -> pd.DataFrame:
         """The run's probe scores (kind 'probe') next to the base model's (kind 'probe_base', same
         name and split) and the forgetting ('forgetting': how much worse than the base; for a
@@ -586,6 +600,20 @@ def _columns(names: tuple[str, ...], rows: list[tuple]):
     import pyarrow as pa  # only bulk writes need it: keep it off the CLI's import path
 
     return pa.table({name: [row[i] for row in rows] for i, name in enumerate(names)})
+
+
+def _update_rows(records: list[RunRecord]):
+    """The records' weight-update rows (harness.updates) as one Arrow table."""
+    return _columns(("run_id", *UPDATE_COLUMNS), [
+        (r.run_id, *(_finite(u.get(c)) if c in ("base_norm", "update_norm", "relative") else u.get(c)
+                     for c in UPDATE_COLUMNS)) for r in records for u in r.updates])
+
+
+def _insert_arrow(con, table: str, rows) -> None:
+    if rows.num_rows:
+        con.register("incoming_rows", rows)
+        con.execute(f"INSERT INTO {table} ({', '.join(rows.column_names)}) SELECT * FROM incoming_rows")
+        con.unregister("incoming_rows")
 
 
 def _insert_items(con, records: list[RunRecord]) -> None:

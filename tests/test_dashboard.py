@@ -255,14 +255,17 @@ def test_run_detail_shows_config_metrics_and_searchable_samples(swept, monkeypat
     widget(app.selectbox, "run (failures first)").set_value(run_id).run()
     assert not app.exception and not app.error
     same(app.dataframe[0].value, swept.metrics(run_id))
+    changed = app.dataframe[1].value  # what LoRA changed: one row per adapted matrix, rank <= r
+    assert changed["module"].tolist() == swept.weight_updates(run_id)["module"].tolist()
+    assert changed.loc[changed["kind"] == "lora", "effective_rank"].between(1, 4).all()
     samples = swept.samples(run_id)
     assert len(samples) == 5
-    same(app.dataframe[1].value[["idx", "input", "reference", "prediction"]],
+    same(app.dataframe[2].value[["idx", "input", "reference", "prediction"]],
          samples[["idx", "input", "reference", "prediction"]])
     assert app.json[0].value and swept.run(run_id)["config"]["identity"]["method"] == "lora"
     word = samples["input"].iloc[0].split()[0]
     app.text_input[0].set_value(word.upper()).run()  # case-insensitive
-    shown = app.dataframe[1].value
+    shown = app.dataframe[2].value
     assert 0 < len(shown) <= 5 and all(word in text for text in shown["input"])
     assert shown["input"].tolist() == swept.search_samples(run_id, word)["input"].tolist()
 

@@ -76,6 +76,33 @@ def test_every_scored_item_is_stored_and_pairs_across_runs(swept):
         assert group["value"].mean() == pytest.approx(stored)
 
 
+def test_every_trained_run_records_what_it_changed_in_the_weights(swept, tmp_path):
+    """LoRA r=4: every update has rank <= 4; full fine-tuning updates every base matrix (a
+    random-init classifier is a head, outside the summary); the base method changes nothing;
+    `harness ingest` rebuilds the rows from the records."""
+    loaded, store, results, _ = swept
+    for spec in loaded.runs:
+        changed = store.weight_updates(spec.run_id)
+        summary = store.metrics(spec.run_id).query("kind == 'update'").set_index("name")["value"]
+        if spec.method == "base":
+            assert changed.empty and summary.empty
+            continue
+        matrices = changed[changed["effective_rank"].notna()]  # 2-D weights; biases and norms have no spectrum
+        if spec.method == "lora":
+            assert set(matrices["kind"]) == {"lora"} and matrices["effective_rank"].between(1, 4).all()
+        if spec.method in ("full", "transfer"):
+            assert set(matrices["kind"]) == {"delta"} and (matrices["relative"] > 0).all()
+        heads = changed[changed["head"]]  # an encoder's classifier starts from a random init: no pretrained matrix
+        assert set(heads["kind"]) <= {"parameters"} and len(heads) == (2 if "bert" in spec.model else 0)
+        inside = matrices[~matrices["head"]]
+        assert summary["matrices"] == len(inside)
+        assert summary["mean_relative_update"] == pytest.approx(inside["relative"].mean())
+        assert summary["median_effective_rank"] == pytest.approx(inside["effective_rank"].median())
+    assert cli.main(["ingest", str(results / "runs"), "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
+    lora = next(spec.run_id for spec in loaded.runs if spec.method == "lora")
+    pd.testing.assert_frame_equal(Store(tmp_path / "rebuilt.duckdb").weight_updates(lora), store.weight_updates(lora))
+
+
 def test_records_match_the_store(swept):
     loaded, store, results, _ = swept
     for spec in loaded.runs:
