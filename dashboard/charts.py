@@ -129,20 +129,19 @@ def tradeoff_chart(points: pd.DataFrame, x: str, y: str, *, log_x: bool = False,
     y_enc = alt.Y(y, type="quantitative", title=_axis_title(y, task), scale=alt.Scale(zero=False))
     shown = ("model", "method", "seed", "n_seeds", "run_id", x, f"{x}_low", f"{x}_high", y, f"{y}_low", f"{y}_high")
     tooltip = [c for c in shown if c in data.columns]
+    color = alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique())))
     dots = alt.Chart(data).mark_point(filled=True, size=90, opacity=0.85).encode(
-        x=x_enc, y=y_enc, color=alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique()))),
-        shape=alt.Shape("model_name:N", title="model"), tooltip=tooltip)
+        x=x_enc, y=y_enc, color=color, shape=alt.Shape("model_name:N", title="model"), tooltip=tooltip)
     front = data[data["pareto"]].sort_values(x)
     line = alt.Chart(front).mark_line(strokeDash=[5, 4], color="#666", interpolate="step-after").encode(
         x=x_enc, y=y_enc, detail="model_name:N")
     rings = alt.Chart(front).mark_point(size=260, color="#111", strokeWidth=1.5).encode(x=x_enc, y=y_enc)
-    layers = [line, *_error_bars(data, x, y, x_enc, y_enc), dots, rings]
+    layers = [line, *_error_bars(data, x, y, x_enc, y_enc, color), dots, rings]
     return alt.layer(*layers).properties(height=420)
 
 
-def _error_bars(data: pd.DataFrame, x: str, y: str, x_enc, y_enc) -> list[alt.Chart]:
+def _error_bars(data: pd.DataFrame, x: str, y: str, x_enc, y_enc, color) -> list[alt.Chart]:
     """Rules from each point's interval low to high, on each axis that has an interval."""
-    color = alt.Color("method:N", legend=None)
     bars = []
     if bounds := interval_columns(data, y):
         bars.append(alt.Chart(data.dropna(subset=list(bounds))).mark_rule(opacity=0.6).encode(

@@ -156,6 +156,8 @@ def learning_vs_forgetting(store: Store, f: Filters) -> None:
         return
     x = st.selectbox("forgetting probe (x axis)", probes)
     gain = "task_gain" if each_run else "gain"
+    if not each_run:  # the base row is the reference point: no gain, no forgetting
+        table.loc[table["method"] == "base", gain] = 0.0
     st.caption(f"{'One point per run' if each_run else 'One point per leaderboard row'}. {gain} = the test score "
                "minus the base method's of the same model; forgetting = how much worse the tuned model does on "
                "the probe than the base model (base - tuned for accuracies, tuned - base for bits per byte), so "
