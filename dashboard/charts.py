@@ -152,6 +152,50 @@ def _error_bars(data: pd.DataFrame, x: str, y: str, x_enc, y_enc, color) -> list
     return bars
 
 
+def trajectory_points(trajectory: pd.DataFrame, probe: tuple[str, str], primary: str) -> pd.DataFrame:
+    """One row per run and checkpoint (store.trajectories): its forgetting on `probe` (name,
+    split) and its validation `primary` score (`score`)."""
+    forgetting = trajectory[(trajectory["kind"] == "forgetting") & (trajectory["name"] == probe[0])
+                            & (trajectory["split"] == probe[1])]
+    score = trajectory[(trajectory["kind"] == "task") & (trajectory["name"] == primary)
+                       & (trajectory["split"] == "validation")]
+    keys = ["model", "method", "seed", "run_id", "step", "fraction"]
+    return forgetting[keys + ["value"]].rename(columns={"value": "forgetting"}).merge(
+        score[keys + ["value"]].rename(columns={"value": "score"}), on=keys)
+
+
+def with_base_points(points: pd.DataFrame, base_scores: pd.Series) -> pd.DataFrame:
+    """`points` with `gain` = score - the model's base validation score, and every run's path
+    starting at its model's base point (step -1, fraction 0: gain 0, forgetting 0)."""
+    points = points.assign(gain=points["score"] - points["model"].map(base_scores).astype(float))
+    starts = points.drop_duplicates("run_id")[["model", "method", "seed", "run_id"]].assign(
+        step=-1, fraction=0.0, forgetting=0.0, gain=0.0)
+    return pd.concat([starts, points], ignore_index=True).sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
+def trajectory_chart(points: pd.DataFrame, probe_label: str) -> alt.Chart:
+    """Each run as a thin path from its model's base point through its checkpoints, the mean
+    over seeds per method and step bold, and the Pareto front over all checkpoints of each model
+    dashed (`points` needs a `pareto` column); one panel per model."""
+    means = points.groupby(["model", "method", "step"], as_index=False)[["forgetting", "gain", "fraction"]].mean()
+    means = means.assign(run_id="mean " + means["method"], seed=None, line="mean over seeds", pareto=False)
+    data = pd.concat([points.assign(line="one seed"), means], ignore_index=True)
+    data = data.assign(model_name=data["model"].map(short_model))
+    color = alt.Color("method:N", scale=alt.Scale(scheme="tableau10", domain=sorted(data["method"].unique())))
+    x = alt.X("forgetting:Q", title=f"forgetting on {probe_label} (lower is better)", scale=alt.Scale(zero=False))
+    y = alt.Y("gain:Q", title="validation gain over base (higher is better)", scale=alt.Scale(zero=False))
+    width = alt.StrokeWidth("line:N", scale=alt.Scale(domain=["one seed", "mean over seeds"], range=[1, 3.5]),
+                            title=None)
+    paths = alt.Chart().mark_line(point=True).encode(
+        x=x, y=y, color=color, strokeWidth=width, detail="run_id:N", order="step:Q",
+        opacity=alt.condition("datum.line == 'one seed'", alt.value(0.5), alt.value(1.0)),
+        tooltip=["model", "method", "seed", "step", "fraction", "forgetting", "gain"])
+    front = alt.Chart().transform_filter("datum.pareto").mark_line(
+        strokeDash=[5, 4], color="#666", interpolate="step-after").encode(x=x, y=y, order="forgetting:Q")
+    return alt.layer(paths, front, data=data).properties(height=380, width=460).facet(
+        column=alt.Column("model_name:N", title="model"))
+
+
 def tuning_budget_chart(curve: pd.DataFrame, task: str | None = None) -> alt.Chart:
     """Expected best validation score after k tried learning rates (one line per method, a band
     of +- one std of the best-of-k), one panel per model."""
@@ -185,6 +229,19 @@ def curves_long(curves: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     long["series"] = long["series"].map({"loss": "train loss", "eval_loss": "eval loss"})
     long["run"] = long["run_id"].map(labels)
     return long.sort_values(["run", "series", "step"]).reset_index(drop=True)
+
+
+def checkpoint_curves_chart(trajectory: pd.DataFrame, labels: dict[str, str]) -> alt.Chart:
+    """Validation and probe scores at each checkpoint (store.trajectories rows of kind task or
+    probe), one line per run, one panel per score."""
+    data = trajectory.assign(run=trajectory["run_id"].map(labels),
+                             score=trajectory["kind"].map({"task": "validation ", "probe": "probe "})
+                             + trajectory["name"] + " " + trajectory["split"].fillna(""))
+    return alt.Chart(data).mark_line(point=True).encode(
+        x=alt.X("step:Q"), y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=None),
+        color=alt.Color("run:N", scale=alt.Scale(scheme="tableau10"), legend=alt.Legend(labelLimit=420)),
+        tooltip=["run", "score", "step", "fraction", "value"],
+    ).properties(height=160, width=520).facet(row=alt.Row("score:N", title=None)).resolve_scale(y="independent")
 
 
 def curves_chart(long: pd.DataFrame, *, log_y: bool = False) -> alt.Chart:

@@ -11,6 +11,7 @@ import streamlit as st
 
 from dashboard import charts
 from harness import leaderboard as leaderboard_rows
+from harness import tasks
 from harness.records import STATES
 from harness.store import STATE_ORDER, Store
 
@@ -124,6 +125,7 @@ def _column_config(board: pd.DataFrame) -> dict:
 # ----------------------------------------------------------------------------- trade-offs
 
 POINTS = ("model x method (leaderboard rows, 95% intervals)", "each run")
+TRAJECTORIES = "each run during training (checkpoints)"
 INTERVALS_NOTE = ("Error bars: 95% paired bootstrap intervals over test or probe items (seeds, then items), as in "
                   "the leaderboard; dashed lines: each model's Pareto front (fronts never mix models, which start "
                   "from different bases).")
@@ -147,7 +149,13 @@ def tradeoffs(store: Store, f: Filters) -> None:
 
 def learning_vs_forgetting(store: Store, f: Filters) -> None:
     st.subheader("Learning vs forgetting")
-    each_run = st.radio("points", POINTS, horizontal=True, key="forgetting_points") == "each run"
+    trajectory = store.trajectories(f.matrix, f.task, **f.axes)
+    choice = st.radio("points", POINTS + ((TRAJECTORIES,) if len(trajectory) else ()), horizontal=True,
+                      key="forgetting_points")
+    if choice == TRAJECTORIES:
+        trajectories(store, f, trajectory)
+        return
+    each_run = choice == "each run"
     table = (store.learning_forgetting(f.matrix, f.task, **f.axes) if each_run
              else board_rows(store, f))
     probes = charts.forgetting_columns(table)
@@ -163,6 +171,30 @@ def learning_vs_forgetting(store: Store, f: Filters) -> None:
                "the probe than the base model (base - tuned for accuracies, tuned - base for bits per byte), so "
                "right = forgot more. Only the models scored on this probe are shown.")
     _pareto_plot(table, x, gain, log_x=False, task=f.task)
+
+
+def trajectories(store: Store, f: Filters, trajectory: pd.DataFrame) -> None:
+    probes = trajectory[trajectory["kind"] == "forgetting"][["name", "split"]].drop_duplicates()
+    labels = {f"{r.name} ({r.split})": (r.name, r.split) for r in probes.itertuples()}
+    if not labels:
+        st.info("These runs were scored during training but have no probes: add `probes:` to the matrix.")
+        return
+    label = st.selectbox("forgetting probe (x axis)", list(labels), key="trajectory_probe")
+    primary = tasks.REGISTRY[f.task].PRIMARY_METRIC if f.task in tasks.REGISTRY else "accuracy"
+    base_runs = store.run_table(f.matrix, f.task, methods=["base"])
+    column = f"validation_{primary}"
+    base_scores = base_runs.groupby("model")[column].mean() if column in base_runs else pd.Series(dtype=float)
+    points = charts.with_base_points(charts.trajectory_points(trajectory, labels[label], primary), base_scores)
+    points = points.assign(pareto=charts.pareto_by_model(points, "forgetting", "gain", f.task))
+    st.altair_chart(charts.trajectory_chart(points, label))
+    st.caption(f"Each run from its model's base point (the base method's validation {primary}: no gain, no "
+               "forgetting) through the checkpoints of `training.probe_at`/`probe_every` to its final scores; "
+               "thin: one seed, bold: the mean over seeds per method and step; dashed: the Pareto front over all "
+               "checkpoints of the model. Validation scores, so test data never shapes the curve.")
+    if points["gain"].isna().all():
+        st.caption(f"No base run of `{f.task}` in this matrix: gains need the base method's validation score.")
+    with st.expander("points", expanded=False):
+        st.dataframe(points, hide_index=True)
 
 
 def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str) -> None:
@@ -207,6 +239,11 @@ def learning_curves(store: Store, f: Filters) -> None:
         return
     log_y = st.checkbox("log y")
     st.altair_chart(charts.curves_chart(curves, log_y=log_y), width="stretch")
+    during = store.trajectories(f.matrix, f.task, **f.axes)
+    during = during[during["run_id"].isin(chosen) & during["kind"].isin(["task", "probe"])] if len(during) else during
+    if len(during):
+        st.markdown("**Validation and probe scores during training** (`training.probe_at` / `probe_every`)")
+        st.altair_chart(charts.checkpoint_curves_chart(during, labels))
     with st.expander("points", expanded=False):
         st.dataframe(curves[["run", "series", "step", "value"]], hide_index=True)
 

@@ -46,7 +46,7 @@ def higher_is_better(col: str, task: str | None = None) -> bool:
         return EFFICIENCY_HIGHER_IS_BETTER[col]
     if col in COSTS or col in EFFICIENCY:
         return False
-    if col.startswith("forgetting_"):
+    if col == "forgetting" or col.startswith("forgetting_"):
         return False
     if col.startswith(("probe_base_", "probe_")):
         return _probe_higher_is_better(col.removeprefix("probe_base_") if col.startswith("probe_base_")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -76,13 +76,21 @@ class TrainingConfig(Strict):
         True, description="keep the saved weights/adapter under results/runs/<run_id>/artifact "
         "(its size is recorded either way)"
     )
+    probe_at: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, max_length=100, description="also score validation and run the probes at these fractions of the "
+        "run's steps (0: before training; 1: the final scores), on the in-memory model: a trajectory of "
+        "learning vs forgetting (harness/checkpoints.py). Training is unchanged"
+    )
+    probe_every: int | None = Field(
+        None, gt=0, le=10**9, description="also score validation and run the probes every N optimizer steps"
+    )
 
 
 # Fields that do not change a run's result: left out of the run_id.
 NON_RESULT_FIELDS = {"keep_artifact", "num_samples"}
 # Training options added after runs were stored, at the value that behaves as before they
 # existed: left out of the run_id, so those stored runs keep their ids.
-ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False}
+ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None}
 
 
 class Selector(Strict):

@@ -47,6 +47,9 @@ class RunRecord:
     probe_baselines: list[dict[str, Any]] = field(default_factory=list)
     # what training changed in the weights, one row per matrix (harness.updates.analyse)
     updates: list[dict[str, Any]] = field(default_factory=list)
+    # validation and probe scores during training (harness.checkpoints): step, fraction, kind,
+    # name, split, value, stderr
+    trajectory: list[dict[str, Any]] = field(default_factory=list)
 
     def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
         self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})

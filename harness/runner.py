@@ -14,6 +14,7 @@ import socket
 import time
 import traceback
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 
 from harness import catalog, methods, metrics, provenance, tasks, updates
@@ -102,11 +103,20 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         _check_method_runs(spec, model, tokenizer, form, splits["train"], family)
 
     autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
+    probe_context = partial(_probe_context, spec, record, method=method, model=model, tokenizer=tokenizer,
+                            family=family, head=head, form=form, placement=placement, model_path=model_path,
+                            before=before, baselines=dict(baselines), progress=progress)
+    checkpoints = _checkpoints(spec, record, task, form, model, splits["validation"], placement, autocast,
+                               probe_context)
     with peak_memory(placement.device) as peak:
         if method.TRAINS:
             result = train(model, form, splits["train"], splits["validation"], lr=spec.method_options["lr"],
                            training=training, placement=placement, seed=spec.seed,
-                           work_dir=run_dir / "trainer", progress=progress)
+                           work_dir=run_dir / "trainer", progress=progress,
+                           callbacks=[checkpoints] if checkpoints else ())
+            if checkpoints:  # their time is not training's
+                result.wall_time_s -= checkpoints.trajectory.seconds
+                record.add_metric("efficiency", "checkpoint_time_s", checkpoints.trajectory.seconds)
             _record_training(record, result)
             _save_artifact(method, model, run_dir / "artifact", training["keep_artifact"], record)
         else:
@@ -125,8 +135,14 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
     record.add_metric("efficiency", "peak_memory_mb", peak.mb)
     if spec.probes:
-        _probe(spec, record, method=method, model=model, tokenizer=tokenizer, family=family, head=head, form=form,
-               placement=placement, model_path=model_path, before=before, baselines=baselines, progress=progress)
+        from harness import probes
+
+        computed_during_training = record.probe_baselines
+        probes.run(record, list(spec.probes), probe_context())
+        record.probe_baselines = computed_during_training + record.probe_baselines
+    if checkpoints:
+        trajectory = checkpoints.finish(result.steps, record.metrics, record.items)
+        record.trajectory, record.items = trajectory.rows, record.items + trajectory.items
     if method.TRAINS:
         _record_updates(record, model, loaded, lambda: models.load_model(
             model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer).state_dict())
@@ -176,20 +192,48 @@ def _probe_fingerprint(spec: RunSpec, method, model, tokenizer):
     return probes.fingerprint(model, tokenizer)
 
 
-def _probe(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, head, form, placement, model_path,
-           before, baselines: Mapping, progress: bool) -> None:
-    """Forgetting probes on the in-memory model (harness/probes/); the untrained base model
-    is loaded only if a base score is missing from the sweep's."""
+def _probe_context(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, head, form, placement,
+                   model_path, before, baselines: dict, progress: bool, guard: bool = True):
+    """What the forgetting probes (harness/probes/) need to probe the in-memory model; the
+    untrained base model is loaded only if a base score is missing from `baselines` (the
+    sweep's, plus those a checkpoint of this run computed)."""
     from harness import models, probes
 
     def load_untrained():
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
         return base.to(placement.device)
 
-    context = probes.ProbeRun(model=model, tokenizer=tokenizer, family=family, model_ref=spec.identity()["model"],
-                              device=placement.device, dtype=placement.dtype, trains=method.TRAINS, before=before,
-                              load_untrained=load_untrained, known=baselines, sweep=record.sweep, progress=progress)
-    probes.run(record, list(spec.probes), context)
+    for row in record.probe_baselines:
+        baselines[(row["model"], row["probe"], row["config_hash"])] = row
+    return probes.ProbeRun(model=model, tokenizer=tokenizer, family=family, model_ref=spec.identity()["model"],
+                           device=placement.device, dtype=placement.dtype, trains=method.TRAINS, before=before,
+                           load_untrained=load_untrained, known=baselines, sweep=record.sweep, progress=progress,
+                           guard=guard)
+
+
+def _checkpoints(spec: RunSpec, record: RunRecord, task, form, model, validation: list[dict], placement, autocast,
+                 probe_context):
+    """The training callback that scores validation and probes the in-memory model at the
+    matrix's `probe_at` / `probe_every` steps (harness.checkpoints), or None."""
+    training = spec.training
+    if not (training.get("probe_at") or training.get("probe_every")) or not methods.REGISTRY[spec.method].TRAINS:
+        return None
+    from harness import checkpoints, probes
+
+    def probe(step: int):
+        scratch = RunRecord(run_id=spec.run_id, matrix=spec.matrix, sweep="", model=spec.model, method=spec.method,
+                            task=spec.task, seed=spec.seed, config={})
+        scores, _, outcomes = task.score(form, model, validation, training["eval_batch_size"], placement.device,
+                                         autocast)
+        for name, (value, stderr) in scores.items():
+            scratch.add_metric("task", name, value, split="validation", stderr=stderr)
+        scratch.items.append(outcomes.entry("validation"))
+        if spec.probes:
+            probes.run(scratch, list(spec.probes), probe_context(guard=False))
+            record.probe_baselines += scratch.probe_baselines  # stored by the sweep, reused by later probes
+        return scratch.metrics, scratch.items
+
+    return checkpoints.Checkpoints(training.get("probe_at"), training.get("probe_every"), probe)
 
 
 def _record_updates(record: RunRecord, model, loaded, load_pretrained) -> None:

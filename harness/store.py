@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS probe_baseline_items (
 CREATE TABLE IF NOT EXISTS weight_updates (
     run_id VARCHAR, module VARCHAR, kind VARCHAR, rows INTEGER, cols INTEGER, base_norm DOUBLE,
     update_norm DOUBLE, relative DOUBLE, effective_rank INTEGER, singular_values DOUBLE[], head BOOLEAN);
+CREATE TABLE IF NOT EXISTS trajectory (
+    run_id VARCHAR, step INTEGER, fraction DOUBLE, kind VARCHAR, name VARCHAR, split VARCHAR, value DOUBLE,
+    stderr DOUBLE);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
@@ -61,6 +64,7 @@ CREATE TABLE IF NOT EXISTS probe_baselines (
 PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "computed_at": "TIMESTAMP"}
 
 ITEM_COLUMNS = ("run_id", "split", "metric", "item_id", "value", "prediction", "confidence", "weight")
+TRAJECTORY_COLUMNS = ("step", "fraction", "kind", "name", "split", "value", "stderr")
 UPDATE_COLUMNS = ("module", "kind", "rows", "cols", "base_norm", "update_norm", "relative", "effective_rank",
                   "singular_values", "head")
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
@@ -144,7 +148,7 @@ class Store:
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in ("metrics", "curves", "samples", "items", "weight_updates"):
+                for table in ("metrics", "curves", "samples", "items", "weight_updates", "trajectory"):
                     con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
                 self._upsert_run(con, record)
                 _insert(con, "metrics", [
@@ -157,6 +161,7 @@ class Store:
                     [record.run_id, s["idx"], s["input"], s["reference"], s["prediction"]] for s in record.samples])
                 _insert_items(con, [record])
                 _insert_arrow(con, "weight_updates", _update_rows([record]))
+                _insert_arrow(con, "trajectory", _trajectory_rows([record]))
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -259,6 +264,7 @@ class Store:
                 (r.run_id, s["idx"], s["input"], s["reference"], s["prediction"]) for r in records for s in r.samples]),
             "matrix_runs": _columns(("matrix", "run_id"), list(dict.fromkeys((r.matrix, r.run_id) for r in given))),
             "weight_updates": _update_rows(records),
+            "trajectory": _trajectory_rows(records),
         }
         updates = ", ".join(f"{c} = excluded.{c}" for c in RUN_COLUMNS if c not in ("run_id", "matrix", "sweep"))
         with self._connect() as con:
@@ -268,7 +274,8 @@ class Store:
                 con.execute("DELETE FROM curves WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM samples WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM items WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
-                con.execute("DELETE FROM weight_updates WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
+                for table in ("weight_updates", "trajectory"):
+                    con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 _insert_items(con, records)
                 for table, rows in tables.items():
                     if rows.num_rows:
@@ -517,6 +524,18 @@ class Store:
             [run_id],
         )
 
+    def trajectories(self, matrix: str, task: str, *, models: list[str] | None = None,
+                     methods: list[str] | None = None) -> pd.DataFrame:
+        """The checkpoint scores of the matrix's done runs of `task` (harness.checkpoints): model,
+        method, seed, run_id, step, fraction, kind, name, split, value, stderr, in step order."""
+        axes_sql, axes_params = _axes_filter(models, methods, None)
+        return self._query_items(
+            "SELECT r.model, r.method, r.seed, r.run_id, t.step, t.fraction, t.kind, t.name, t.split, t.value, "
+            "t.stderr FROM runs r JOIN matrix_runs x USING (run_id) JOIN trajectory t USING (run_id) "
+            f"WHERE x.matrix = ? AND r.task = ? AND r.status = 'done'{axes_sql} "
+            "ORDER BY r.model, r.method, r.seed, t.step, t.kind, t.name, t.split",
+            [matrix, task, *axes_params])
+
     def weight_updates(self, run_id: str) -> pd.DataFrame:
         """What training changed in the run's weights, one row per matrix or added parameter
         (harness.updates), in model order."""
@@ -562,7 +581,8 @@ class Store:
 
     def export(self, out_dir: Path, matrix: str | None = None) -> list[Path]:
         """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), <matrix>_<task>_tuning.csv
-        where a method tried several learning rates, and runs.csv (long)."""
+        where a method tried several learning rates, <matrix>_<task>_trajectory.csv where runs were
+        probed during training, and runs.csv (long)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for m in [matrix] if matrix else self.matrices():
@@ -575,6 +595,10 @@ class Store:
                 if len(budget):
                     budget.to_csv(out_dir / f"{m}_{task}_tuning.csv", index=False)
                     written.append(out_dir / f"{m}_{task}_tuning.csv")
+                trajectory = self.trajectories(m, task)
+                if len(trajectory):
+                    trajectory.to_csv(out_dir / f"{m}_{task}_trajectory.csv", index=False)
+                    written.append(out_dir / f"{m}_{task}_trajectory.csv")
         runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
         self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
         return written + [runs_path]
@@ -607,6 +631,13 @@ def _update_rows(records: list[RunRecord]):
     return _columns(("run_id", *UPDATE_COLUMNS), [
         (r.run_id, *(_finite(u.get(c)) if c in ("base_norm", "update_norm", "relative") else u.get(c)
                      for c in UPDATE_COLUMNS)) for r in records for u in r.updates])
+
+
+def _trajectory_rows(records: list[RunRecord]):
+    """The records' checkpoint scores (harness.checkpoints) as one Arrow table."""
+    return _columns(("run_id", *TRAJECTORY_COLUMNS), [
+        (r.run_id, *(_finite(point.get(c)) if c in ("value", "stderr") else point.get(c) for c in TRAJECTORY_COLUMNS))
+        for r in records for point in r.trajectory])
 
 
 def _insert_arrow(con, table: str, rows) -> None:

@@ -89,12 +89,15 @@ class _Trainer(_GroupsInRandomOrder, Trainer):
 
 
 def train(model, form, train_examples, val_examples, *, lr: float, training: dict, placement: Placement,
-          seed: int, work_dir: Path, progress: bool = True) -> TrainResult:
-    """Train `model` in place on the task formulation's examples."""
+          seed: int, work_dir: Path, progress: bool = True, callbacks: tuple = ()) -> TrainResult:
+    """Train `model` in place on the task formulation's examples (`callbacks`: more Trainer
+    callbacks, e.g. harness.checkpoints.Checkpoints)."""
     recorder = _CurveRecorder()
     trainer = build_trainer(model, form, train_examples, val_examples if training["eval_steps"] else None,
                             lr=lr, training=training, placement=placement, seed=seed, work_dir=work_dir)
     trainer.add_callback(recorder)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     # The Trainer prints every log dict (we log every step for the curves): show a bar instead.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

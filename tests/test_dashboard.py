@@ -204,6 +204,41 @@ def test_learning_vs_forgetting_plots_gain_over_base_against_probe_drop(tmp_path
     assert probes.iloc[0]["score"] == pytest.approx(0.49) and probes.iloc[0]["base"] == pytest.approx(0.5)
 
 
+def test_trajectories_draw_each_run_from_the_base_point_through_its_checkpoints(tmp_path, monkeypatch):
+    store = Store(tmp_path / "h.duckdb")
+    store.write_record(make_record("b0", method="base", acc=0.70))  # validation accuracy 0.65
+    for run_id, method, seed, path in [("l0", "lora", 0, [(0, 0.65, 0.0), (2, 0.70, 0.01), (4, 0.75, 0.02)]),
+                                       ("l1", "lora", 1, [(0, 0.65, 0.0), (2, 0.72, 0.01), (4, 0.77, 0.04)]),
+                                       ("f0", "full", 0, [(0, 0.65, 0.0), (2, 0.80, 0.10), (4, 0.85, 0.20)])]:
+        record = make_record(run_id, method=method, seed=seed)
+        for step, score, drop in path:
+            record.trajectory += [
+                {"step": step, "fraction": step / 4, "kind": "task", "name": "accuracy", "split": "validation",
+                 "value": score, "stderr": None},
+                {"step": step, "fraction": step / 4, "kind": "forgetting", "name": "mmlu", "split": "acc",
+                 "value": drop, "stderr": None},
+                {"step": step, "fraction": step / 4, "kind": "probe", "name": "mmlu", "split": "acc",
+                 "value": 0.4 - drop, "stderr": None}]
+        store.write_record(record)
+    app = start(store, monkeypatch, view="Trade-offs")
+    app.radio(key="forgetting_points").set_value(views.TRAJECTORIES).run()
+    assert not app.exception
+    assert widget(app.selectbox, "forgetting probe (x axis)").value == "mmlu (acc)"
+    points = app.dataframe[-1].value
+    l1 = points[points["run_id"] == "l1"].sort_values("step")
+    assert l1["step"].tolist() == [-1, 0, 2, 4]  # from the base point
+    assert l1["gain"].tolist() == pytest.approx([0.0, 0.0, 0.07, 0.12])
+    assert l1["forgetting"].tolist() == pytest.approx([0.0, 0.0, 0.01, 0.04])
+    front = points[points["pareto"] & (points["step"] > 0)]  # over all checkpoints of the model
+    assert set(zip(front["run_id"], front["step"])) == {("l1", 2), ("l0", 4), ("l1", 4), ("f0", 2), ("f0", 4)}
+    means = [d for d in chart_data(app) if "line" in d and (d["line"] == "mean over seeds").any()]
+    lora_mean = means[0][(means[0]["line"] == "mean over seeds") & (means[0]["method"] == "lora")]
+    assert lora_mean.sort_values("step")["gain"].tolist()[-1] == pytest.approx((0.10 + 0.12) / 2)
+    app.radio(key="view").set_value("Learning curves").run()
+    widget(app.multiselect, "runs").set_value(["l0", "f0"]).run()
+    assert any("during training" in m.value for m in app.markdown)
+
+
 # ----------------------------------------------------------------------------- curves, detail, status
 
 def test_learning_curves_overlay_the_chosen_runs(swept, monkeypatch):

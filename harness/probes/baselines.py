@@ -121,6 +121,7 @@ class ProbeRun:
     known: Mapping[BaselineKey, dict] = field(default_factory=dict)  # base scores the sweep has
     sweep: str = ""  # names the hand-off between parallel runs of one sweep
     progress: bool = True
+    guard: bool = True  # check that the tuned model's logits moved (off for checkpoints during training)
 
 
 def run(record, configs: list[dict], ctx: ProbeRun) -> None:
@@ -134,7 +135,7 @@ def run(record, configs: list[dict], ctx: ProbeRun) -> None:
     folders = {c.name: prepare(c) for c in chosen}
     hashes = {c.name: config_hash(c, ctx.device, ctx.dtype) for c in chosen}
     tuned = Scorer(ctx.model, ctx.tokenizer, ctx.dtype, ctx.progress)
-    if ctx.trains:
+    if ctx.trains and ctx.guard:
         change = check_changed(ctx.before, fingerprint(tuned.probed_model(chosen), ctx.tokenizer))
         record.config["probe_guard"] = {"max_abs_logit_change": change, "atol": GUARD_ATOL}
 
