@@ -123,22 +123,24 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
             model.to(placement.device)
             record.add_metric("efficiency", "artifact_mb", 0.0)
         start = time.perf_counter()
-        for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
-            scores, predictions, outcomes = task.score(form, model, splits[split], training["eval_batch_size"],
-                                                       placement.device, autocast,
-                                                       label=f"score {split}" if progress else None)
-            for name, (value, stderr) in scores.items():
-                record.add_metric("task", name, value, split=split, stderr=stderr)
-            record.items.append(outcomes.entry(split))
-            if split == "test":
-                record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
+        with methods.merged_for_scoring(method, model):
+            for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
+                scores, predictions, outcomes = task.score(form, model, splits[split], training["eval_batch_size"],
+                                                           placement.device, autocast,
+                                                           label=f"score {split}" if progress else None)
+                for name, (value, stderr) in scores.items():
+                    record.add_metric("task", name, value, split=split, stderr=stderr)
+                record.items.append(outcomes.entry(split))
+                if split == "test":
+                    record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
         record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
     record.add_metric("efficiency", "peak_memory_mb", peak.mb)
     if spec.probes:
         from harness import probes
 
         computed_during_training = record.probe_baselines
-        probes.run(record, list(spec.probes), probe_context())
+        with methods.merged_for_scoring(method, model):
+            probes.run(record, list(spec.probes), probe_context())
         record.probe_baselines = computed_during_training + record.probe_baselines
     if checkpoints:
         trajectory = checkpoints.finish(result.steps, record.metrics, record.items)

@@ -88,6 +88,38 @@ def test_lora_counts_like_peft_and_trains_only_adapters(tiny_models, kind, head)
         assert any("classifier" in n for n in names)
 
 
+@pytest.mark.parametrize("method", ["lora", "ia3", "prompt"])
+@pytest.mark.parametrize("kind, head", [("encoder", "sequence_classification"), ("decoder", "causal_lm")])
+def test_a_merged_adapter_scores_like_the_unmerged_one_and_unmerges(tiny_models, kind, head, method):
+    from harness import methods
+
+    module = REGISTRY[method]
+    options = module.Options().model_dump()
+    model = module.apply(load(tiny_models[kind], head), options, kind, head)
+    torch.manual_seed(1)
+    with torch.no_grad():  # as if trained: LoRA's B and IA3's scales leave their identity init
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn_like(param))
+    model.eval()
+    vocab = model.get_input_embeddings().num_embeddings
+    batch = {"input_ids": torch.randint(3, vocab, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = model(**batch).logits
+        with methods.merged_for_scoring(module, model):
+            merged = model(**batch).logits
+            still_adapted = any("lora_" in n or "ia3_" in n for n, _ in model.named_parameters())
+        after = model(**batch).logits
+    if getattr(module, "MERGES_FOR_SCORING", False):
+        assert still_adapted  # merged into the base weights, the adapter kept for unmerging
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)  # another computation, the same function
+    assert torch.equal(merged.argmax(-1), unmerged.argmax(-1))
+    torch.testing.assert_close(after, unmerged, atol=1e-5, rtol=1e-5)
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param, weights[name], atol=1e-5, rtol=1e-5)  # unmerged to float rounding
+
+
 def test_find_blocks_on_gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -8,6 +8,7 @@ imports only the options.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +29,8 @@ class Method(Protocol):
         """Write exactly what the method trained (the run's artifact)."""
 
     # optional: load_kwargs(options: dict, placement) -> extra from_pretrained arguments (quantization)
+    # optional: MERGES_FOR_SCORING = True: peft can merge the adapter into the weights exactly
+    #   (up to float rounding), so the trained model is scored merged (`merged_for_scoring`)
 
 
 CONTRACT = ("NAME", "Options", "TRAINS", "apply", "save")
@@ -40,6 +43,23 @@ def register(method: Method) -> Method:
     if missing:
         raise TypeError(f"method module {getattr(method, '__name__', method)!r} lacks {', '.join(missing)}")
     return REGISTRY.register(method.NAME, method)
+
+
+@contextlib.contextmanager
+def merged_for_scoring(method: Method, model):
+    """While a trained model is scored and probed: the adapter of a method that declares
+    MERGES_FOR_SCORING (LoRA, IA3) merged into the base weights (peft merge_adapter), so scoring
+    costs what the base model's does instead of paying the adapter's extra matmuls in every
+    layer; unmerged afterwards. Predictions agree with the unmerged model's to float rounding
+    (tests/test_methods.py). Never during training: checkpoints score the unmerged model."""
+    if not getattr(method, "MERGES_FOR_SCORING", False) or not hasattr(model, "merge_adapter"):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
 
 
 def load_kwargs(method: Method, options: dict, placement) -> dict:

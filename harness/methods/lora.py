@@ -10,6 +10,7 @@ from harness.methods.common import save_pretrained as save  # noqa: F401 (the me
 
 NAME = "lora"
 TRAINS = True
+MERGES_FOR_SCORING = True
 
 
 class Options(TrainedOptions):
