@@ -113,6 +113,16 @@ def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer
     return model
 
 
+def pretrained_weights(path: str, head: str, *, num_labels: int | None = None) -> dict:
+    """The checkpoint's parameters named as a model with this head names them (float32, CPU):
+    what harness.updates compares a trained model with, read once after the run is scored. Not
+    a model to score, so not `load_model` (whose calls the probe tests count)."""
+    kwargs = {"dtype": torch.float32, "trust_remote_code": _trusted(None)}
+    if head == "sequence_classification":
+        kwargs["num_labels"] = num_labels
+    return HEADS[head].from_pretrained(path, **kwargs).state_dict()
+
+
 def keep_4bit_trainable_on_cpu(model) -> int:
     """bitsandbytes >= 0.49 on CPUs with AVX512-BF16 repacks 4-bit weights into an
     inference-only layout on the first eval-mode forward; training the same instance afterwards

@@ -146,8 +146,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         trajectory = checkpoints.finish(result.steps, record.metrics, record.items)
         record.trajectory, record.items = trajectory.rows, record.items + trajectory.items
     if method.TRAINS:
-        _record_updates(record, model, loaded, lambda: models.load_model(
-            model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer).state_dict())
+        _record_updates(record, model, loaded, lambda: models.pretrained_weights(
+            model_path, head, num_labels=getattr(form, "num_labels", None)))
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
 
 

@@ -248,7 +248,8 @@ def test_base_scores_are_computed_once_and_cached_in_the_store(tiny_probes, tiny
     full, base, lora = execute_all(first, results)
     assert [r.status for r in (full, base, lora)] == ["done"] * 3, [r.error for r in (full, base, lora)]
     # the first run that needed them loaded the base model once and computed both base scores:
-    # three runs' own models + one base model
+    # three runs' own models + one base model (the full run's weight analysis reads the
+    # pretrained tensors through models.pretrained_weights, not as a model to score)
     assert len(loads) == 4
     assert [(d["probe"], d["baseline"]) for d in full.config["probe_runs"]] == [("tiny_mc", "computed"),
                                                                                 ("tiny_ppl", "computed")]

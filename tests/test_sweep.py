@@ -202,7 +202,8 @@ training: {{batch_size: 8, keep_artifact: false}}
     assert not (run_dir / "artifact").exists()
 
 
-MEASURED = {"train_time_s", "eval_time_s", "train_tokens_per_s", "peak_memory_mb"}
+MEASURED = {"train_time_s", "eval_time_s", "train_tokens_per_s", "peak_memory_mb", "update_analysis_s",
+            "checkpoint_time_s", "probing_time_s"}
 
 
 def comparable(record: records.RunRecord) -> dict:
