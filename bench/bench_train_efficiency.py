@@ -190,10 +190,10 @@ def harness_steps(model, form, examples: list[dict], training: dict, lr: float, 
             self.current.update(end=time.perf_counter(), seen=state.num_input_tokens_seen)
             marks.append(self.current)
 
-    real_build = harness_train.build_trainer
+    real_trainer = form.trainer
 
-    def build_trainer(*a, **kw):
-        trainer = real_build(*a, **kw)
+    def trainer_with_timers(*a, **kw):
+        trainer = real_trainer(*a, **kw)
         collate = trainer.data_collator
 
         def keeping(features):
@@ -205,12 +205,12 @@ def harness_steps(model, form, examples: list[dict], training: dict, lr: float, 
         trainer.add_callback(StepTimer())
         return trainer
 
-    harness_train.build_trainer = build_trainer
+    form.trainer = trainer_with_timers
     try:
-        result = harness_train.train(model, form, examples, [], lr=lr, training=training, placement=placement,
-                                     seed=SEED, work_dir=work_dir, progress=False)
+        setup = harness_train.Setup(lr=lr, training=training, placement=placement, seed=SEED, work_dir=work_dir)
+        result = harness_train.train(model, form, examples, [], setup, progress=False)
     finally:
-        harness_train.build_trainer = real_build
+        del form.trainer  # back to the formulation's own method
     batches = batches[:result.steps]  # the data loader may collate one batch ahead
     assert result.steps == len(marks) == len(batches), (result.steps, len(marks), len(batches))
     assert result.tokens == sum(int(b["attention_mask"].sum()) for b in batches), "kept batches != trained ones"

@@ -464,9 +464,10 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
 
 def _task_options_usable(cell: dict, options: dict, origin: dict, default_path: str, base_dir: Path,
                          problems: _Problems) -> bool:
-    """The task's own check of a run's options (e.g. no training on evaluation-only data)."""
-    found = tasks.check_options(tasks.REGISTRY[cell["task"]], options, methods.REGISTRY[cell["method"]].TRAINS,
-                                base_dir)
+    """The task's own check of a run's options and method (e.g. no training on evaluation-only
+    data, no method x task combination that cannot work)."""
+    method = methods.info(methods.REGISTRY[cell["method"]])
+    found = tasks.check_options(tasks.REGISTRY[cell["task"]], options, method, base_dir)
     for field_name, what in found:
         key = field_name.split("[")[0].split(".")[0]
         problems.add(f"{origin.get(key, default_path)}.{field_name}",

@@ -58,14 +58,20 @@ Memory estimate (bytes; shown in GiB)
   for `transfer`, none when only the head trains. With gradient checkpointing (the qlora
   option) only each block's float32 input is kept, plus one block's activations while it is
   recomputed. Plus the logits: b x k x vocab x (c + 4 for the float32 loss), k = the positions
-  the task scores (1 for `sentiment`, which asks the LM for the last position only; every
-  position otherwise). The fused attention of the GPU (SDPA) never stores the s x s score
+  the task scores (its SCORED_POSITIONS: 1 for `sentiment`, which asks the LM for the last
+  position only; every position otherwise). A task whose example is several sequences
+  (SEQUENCES_PER_EXAMPLE: a preference pair's chosen and rejected answers, 2) multiplies b. The fused attention of the GPU (SDPA) never stores the s x s score
   matrix, so none is counted.
   Checked against the bytes autograd really saves (tests/test_plan.py, CPU, float32 and bf16
   autocast, encoder and decoder, full/lora/transfer/adapter): within 25%, mostly within 10%;
   the first block of LoRA/adapter runs keeps less than counted (its input needs no gradient).
   Inference activations: one block's worth at the eval batch size (nothing is kept between
   blocks), plus the logits.
+- reference: a task whose objective compares with the untrained model (NEEDS_REFERENCE:
+  `preference`, DPO) keeps a frozen float32 copy of the base for methods that change weights in
+  place (full, transfer, adapter): one more `weights` term, unquantized (SmolLM2-135M: 0.50 GiB).
+  peft methods disable their adapter instead and the `base` row is its own reference: 0. The
+  reference's forward runs without gradients, so it adds no activations kept for backward.
 - compute dtype: training.dtype; `auto` is taken as bfloat16 unless training.device is `cpu`
   (float32), i.e. the plan assumes the GPU it is checked against supports bf16; qlora's
   compute_dtype wins when set.
@@ -98,9 +104,6 @@ FP32 = 4
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FOUR_BIT_BLOCK = 64  # bitsandbytes' 4-bit blocksize
 NESTED_BLOCK = 256  # double quantization: absmax values per second-level block
-# Positions per example whose logits a task computes (the rest of a causal LM's logits are
-# never materialised); tasks not listed: every position.
-LOGITS_POSITIONS = {"sentiment": 1}
 GATE_NAMES = ("gate_proj", "w1", "gate_up_proj", "gate", "wi_0")
 TRAINING_KEYS = ("batch_size", "eval_batch_size", "max_length", "device", "dtype")
 SIZE_UNITS = {"m": 2**20, "mb": 2**20, "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30,
@@ -129,14 +132,15 @@ class Memory:
     optimizer: int
     activations: int  # kept for backward while training
     eval_activations: int  # working set while scoring
+    reference: int = 0  # a frozen copy of the base, for objectives that need a reference (DPO)
 
     @property
     def training_peak(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.reference + self.gradients + self.optimizer + self.activations
 
     @property
     def total(self) -> int:
-        return max(self.training_peak, self.weights + self.eval_activations)
+        return max(self.training_peak, self.weights + self.reference + self.eval_activations)
 
 
 @dataclass
@@ -250,8 +254,11 @@ class Planner:
         with init_empty_weights(include_buffers=False):  # what the method adds is on meta too
             model = method.apply(model, options, family, head)
         trainable, total = count_parameters(model)
+        reference = weight_bytes(skeleton(self.config(spec), head), None, {}) \
+            if needs_reference_copy(model, task, method) else 0
 
-        memory, shape = estimate_memory(model, config, spec, method, options, head, compute, quant, quantized)
+        memory, shape = estimate_memory(model, config, spec, method, options, head, compute, quant, quantized,
+                                        reference)
         return Counted(trainable=trainable, total=total, memory=memory, compute_dtype=compute,
                        weight_format=quant["label"] if quant else "fp32", **shape)
 
@@ -385,7 +392,7 @@ def weight_bytes(model, quant: dict | None, quantized: dict[int, Any]) -> int:
 
 
 def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: str, compute: str,
-                    quant: dict | None, quantized: dict[int, Any]) -> tuple[Memory, dict]:
+                    quant: dict | None, quantized: dict[int, Any], reference: int = 0) -> tuple[Memory, dict]:
     from harness.methods.common import find_blocks
 
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -405,8 +412,10 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
     training = spec.training
     limit = getattr(text, "max_position_embeddings", None) or training["max_length"]
     seq = min(training["max_length"], limit) + _virtual_tokens(model)
-    batch, eval_batch = training["batch_size"], training["eval_batch_size"]
-    positions = LOGITS_POSITIONS.get(spec.task, seq)
+    task = tasks.REGISTRY[spec.task]
+    sequences = getattr(task, "SEQUENCES_PER_EXAMPLE", 1)
+    batch, eval_batch = sequences * training["batch_size"], sequences * training["eval_batch_size"]
+    positions = getattr(task, "SCORED_POSITIONS", None) or seq
     logits_per_example = positions * vocab * (cd + FP32) if head in ("causal_lm", "seq2seq_lm") else 0
 
     weights = weight_bytes(model, quant, quantized)
@@ -415,7 +424,7 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
     n_trainable = sum(p.numel() for p in trained)
     backward = backward_layers(model, blocks) if method.TRAINS and trained else 0
     if not method.TRAINS:
-        memory = Memory(weights, 0, 0, 0, eval_acts)
+        memory = Memory(weights, 0, 0, 0, eval_acts, reference)
     else:
         tokens = batch * seq
         if options.get("gradient_checkpointing") and backward:
@@ -423,8 +432,17 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
         else:
             kept = backward * (tokens * per_token + per_block)
         memory = Memory(weights, FP32 * n_trainable, 2 * FP32 * n_trainable,
-                        kept + batch * logits_per_example, eval_acts)
+                        kept + batch * logits_per_example, eval_acts, reference)
     return memory, {"batch": batch, "seq": seq, "layers": layers, "backward_layers": backward}
+
+
+def needs_reference_copy(model, task, method) -> bool:
+    """A task that needs the untrained model as a reference (NEEDS_REFERENCE) gets the tuned
+    model with its peft adapter disabled (no copy), or a frozen float32 copy of the base for a
+    trained method that changes weights in place (harness.reference)."""
+    from harness.reference import has_peft_adapter
+
+    return bool(getattr(task, "NEEDS_REFERENCE", False) and method.TRAINS and not has_peft_adapter(model))
 
 
 def block_activations(block, hidden: int, q_width: int, kv_width: int, inter: int, cd: int,
@@ -528,7 +546,7 @@ def table(rows: list[PlanRow], gpu_mem: int | None = None, breakdown: bool = Fal
     header = ["run_id", "model", "method", "task", "seed", "lr", "trainable", "total", "trainable %",
               "batch x len", "dtype/weights"]
     if breakdown:
-        header += ["weights", "gradients", "optimizer", "activations"]
+        header += ["weights", "reference", "gradients", "optimizer", "activations"]
     header += ["est. memory"] + (["fits"] if gpu_mem is not None else [])
     body = []
     for row in rows:
@@ -544,15 +562,16 @@ def table(rows: list[PlanRow], gpu_mem: int | None = None, breakdown: bool = Fal
                   f"{_short(c.compute_dtype)}/{c.weight_format}"]
         if breakdown:
             m = c.memory
-            cells += [_gib(m.weights), _gib(m.gradients), _gib(m.optimizer),
-                      _gib(m.activations if m.training_peak >= m.weights + m.eval_activations else m.eval_activations)]
+            cells += [_gib(m.weights), _gib(m.reference), _gib(m.gradients), _gib(m.optimizer),
+                      _gib(m.activations if m.training_peak >= m.weights + m.reference + m.eval_activations
+                                else m.eval_activations)]
         cells.append(_gib(c.memory.total))
         if gpu_mem is not None:
             cells.append("yes" if row.fits(gpu_mem) else "no")
         body.append(cells)
     widths = [max([len(header[i])] + [len(r[i]) for r in body if len(r) > i and len(r) == len(header)])
               for i in range(len(header))]
-    numeric = {"seed", "lr", "trainable", "total", "trainable %", "weights", "gradients", "optimizer",
+    numeric = {"seed", "lr", "trainable", "total", "trainable %", "weights", "reference", "gradients", "optimizer",
                "activations", "est. memory"}
 
     def line(cells):

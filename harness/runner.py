@@ -72,7 +72,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
 
     from harness import models
     from harness.methods.common import count_parameters
-    from harness.train import peak_memory, train
+    from harness.reference import Reference, RunContext
+    from harness.train import Setup, peak_memory, train
 
     task = tasks.REGISTRY[spec.task]
     metrics.load_in_background(task.METRIC_MODULES)
@@ -102,6 +103,10 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     if method.TRAINS:
         _check_method_runs(spec, model, tokenizer, form, splits["train"], family)
 
+    def load_untrained():
+        base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
+        return base.to(placement.device)
+
     autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
     probe_context = partial(_probe_context, spec, record, method=method, model=model, tokenizer=tokenizer,
                             family=family, head=head, form=form, placement=placement, model_path=model_path,
@@ -109,10 +114,13 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     checkpoints = _checkpoints(spec, record, task, form, model, splits["validation"], placement, autocast,
                                probe_context)
     with peak_memory(placement.device) as peak:
+        if getattr(task, "NEEDS_REFERENCE", False):  # inside: a frozen reference copy counts in the peak
+            form.bind(RunContext(Reference(model, load_untrained, trained=method.TRAINS), run_dir.parent,
+                                 Path(spec.base_dir)))
         if method.TRAINS:
-            result = train(model, form, splits["train"], splits["validation"], lr=spec.method_options["lr"],
-                           training=training, placement=placement, seed=spec.seed,
-                           work_dir=run_dir / "trainer", progress=progress,
+            setup = Setup(lr=spec.method_options["lr"], training=training, placement=placement, seed=spec.seed,
+                          work_dir=run_dir / "trainer")
+            result = train(model, form, splits["train"], splits["validation"], setup, progress=progress,
                            callbacks=[checkpoints] if checkpoints else ())
             if checkpoints:  # their time is not training's
                 result.wall_time_s -= checkpoints.trajectory.seconds
@@ -178,7 +186,7 @@ def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], 
 
 def _refuse_unusable_options(task, spec: RunSpec, method) -> None:
     """The matrix checks this before a sweep starts; specs built another way are checked here."""
-    found = tasks.check_options(task, spec.task_options, method.TRAINS, Path(spec.base_dir))
+    found = tasks.check_options(task, spec.task_options, methods.info(method), Path(spec.base_dir))
     if found:
         raise ValueError("; ".join(f"task_options.{where}: {what}" for where, what in found))
 

@@ -88,13 +88,57 @@ class _Trainer(_GroupsInRandomOrder, Trainer):
     pass
 
 
-def train(model, form, train_examples, val_examples, *, lr: float, training: dict, placement: Placement,
-          seed: int, work_dir: Path, progress: bool = True, callbacks: tuple = ()) -> TrainResult:
-    """Train `model` in place on the task formulation's examples (`callbacks`: more Trainer
-    callbacks, e.g. harness.checkpoints.Checkpoints)."""
+@dataclass
+class Setup:
+    """What a task's trainer is built from: the method's learning rate and the matrix's training
+    settings for one run. The task decides the trainer (the objective); the method has already
+    decided which parameters train."""
+
+    lr: float
+    training: dict
+    placement: Placement
+    seed: int
+    work_dir: Path
+
+    def arguments(self) -> dict:
+        """transformers TrainingArguments keyword arguments (trl's configs take them too)."""
+        training, placement = self.training, self.placement
+        return {
+            "output_dir": str(self.work_dir),
+            "learning_rate": self.lr,
+            "num_train_epochs": training["epochs"],
+            "max_steps": training["max_steps"] or -1,
+            "per_device_train_batch_size": training["batch_size"],
+            "per_device_eval_batch_size": training["eval_batch_size"],
+            "gradient_accumulation_steps": training["gradient_accumulation_steps"],
+            "train_sampling_strategy": "group_by_length" if training["group_by_length"] else "random",
+            "weight_decay": training["weight_decay"],
+            "warmup_steps": training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
+            "lr_scheduler_type": training["lr_scheduler"],
+            "eval_strategy": "steps" if training["eval_steps"] else "no",
+            "eval_steps": training["eval_steps"],
+            "logging_steps": 1,
+            "logging_nan_inf_filter": False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
+            "include_num_input_tokens_seen": "non_padding",
+            "save_strategy": "no",
+            "report_to": [],
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "use_cpu": placement.device == "cpu",
+            "bf16": placement.dtype == "bfloat16",
+            "fp16": placement.dtype == "float16",
+            "remove_unused_columns": False,
+            "dataloader_pin_memory": placement.device == "cuda",
+            "disable_tqdm": True,
+        }
+
+
+def train(model, form, train_examples, val_examples, setup: Setup, progress: bool = True,
+          callbacks: tuple = ()) -> TrainResult:
+    """Train `model` in place with the trainer the task's formulation builds (`form.trainer`;
+    `callbacks`: more Trainer callbacks, e.g. harness.checkpoints.Checkpoints)."""
     recorder = _CurveRecorder()
-    trainer = build_trainer(model, form, train_examples, val_examples if training["eval_steps"] else None,
-                            lr=lr, training=training, placement=placement, seed=seed, work_dir=work_dir)
+    trainer = form.trainer(model, train_examples, val_examples if setup.training["eval_steps"] else None, setup)
     trainer.add_callback(recorder)
     for callback in callbacks:
         trainer.add_callback(callback)
@@ -115,15 +159,19 @@ def train(model, form, train_examples, val_examples, *, lr: float, training: dic
 
 
 def build_trainer(model, form, train_examples, val_examples, *, lr, training, placement, seed, work_dir):
-    """The trainer a task formulation asks for: trl's SFTTrainer for prompt/completion text on
-    decoders (it tokenizes, masks the prompt out of the loss and can pack), a plain Trainer on
-    already-encoded features otherwise (classification, seq2seq generation)."""
-    kwargs = _training_kwargs(lr, training, placement, seed, work_dir)
-    if getattr(form, "trainer", "plain") == "sft":
-        return _sft_trainer(model, form, train_examples, val_examples, kwargs, training)
+    """The trainer the task's formulation asks for, as `train` builds it."""
+    return form.trainer(model, train_examples, val_examples, Setup(lr, training, placement, seed, work_dir))
+
+
+# Trainers that several tasks' formulations build (a task with its own objective builds its
+# own, e.g. harness/tasks/preference.py: trl's DPOTrainer).
+
+def plain_trainer(model, form, train_examples, val_examples, setup: Setup):
+    """transformers' Trainer on features the formulation encodes (`encode`, `collator`,
+    `compute_loss_func`): classification, seq2seq generation."""
     return _Trainer(
         model=model,
-        args=TrainingArguments(**kwargs),
+        args=TrainingArguments(**setup.arguments()),
         train_dataset=form.encode(train_examples),
         eval_dataset=form.encode(val_examples) if val_examples else None,
         data_collator=form.collator(),
@@ -131,24 +179,23 @@ def build_trainer(model, form, train_examples, val_examples, *, lr, training, pl
     )
 
 
-def _sft_trainer(model, form, train_examples, val_examples, kwargs: dict, training: dict):
+def sft_trainer(model, form, train_examples, val_examples, setup: Setup):
+    """trl's SFTTrainer on the formulation's prompt/completion rows (`sft_rows`): it tokenizes,
+    masks the prompt out of the loss and can pack (`form.options["packing"]`)."""
     from datasets import Dataset, disable_progress_bars
     from trl import SFTConfig, SFTTrainer
 
     disable_progress_bars()  # trl maps the dataset in five steps, each with its own bar
 
     config = SFTConfig(
-        **kwargs,
-        max_length=training["max_length"],
+        **setup.arguments(),
+        max_length=setup.training["max_length"],
         packing=form.options["packing"],
         completion_only_loss=True,
         activation_checkpointing=False,  # SFTConfig turns it on by default; these models fit without
         dataset_num_proc=None,
     )
-    class _SFTTrainer(_GroupsInRandomOrder, SFTTrainer):
-        pass
-
-    return _SFTTrainer(
+    return in_random_groups(SFTTrainer)(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(form.sft_rows(train_examples)),
@@ -157,35 +204,9 @@ def _sft_trainer(model, form, train_examples, val_examples, kwargs: dict, traini
     )
 
 
-def _training_kwargs(lr, training, placement, seed, work_dir) -> dict:
-    return {
-        "output_dir": str(work_dir),
-        "learning_rate": lr,
-        "num_train_epochs": training["epochs"],
-        "max_steps": training["max_steps"] or -1,
-        "per_device_train_batch_size": training["batch_size"],
-        "per_device_eval_batch_size": training["eval_batch_size"],
-        "gradient_accumulation_steps": training["gradient_accumulation_steps"],
-        "train_sampling_strategy": "group_by_length" if training["group_by_length"] else "random",
-        "weight_decay": training["weight_decay"],
-        "warmup_steps": training["warmup_ratio"],  # a float in [0, 1) is a ratio in transformers 5
-        "lr_scheduler_type": training["lr_scheduler"],
-        "eval_strategy": "steps" if training["eval_steps"] else "no",
-        "eval_steps": training["eval_steps"],
-        "logging_steps": 1,
-        "logging_nan_inf_filter": False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
-        "include_num_input_tokens_seen": "non_padding",
-        "save_strategy": "no",
-        "report_to": [],
-        "seed": seed,
-        "data_seed": seed,
-        "use_cpu": placement.device == "cpu",
-        "bf16": placement.dtype == "bfloat16",
-        "fp16": placement.dtype == "float16",
-        "remove_unused_columns": False,
-        "dataloader_pin_memory": placement.device == "cuda",
-        "disable_tqdm": True,
-    }
+def in_random_groups(trainer_class):
+    """`trainer_class` whose `group_by_length` batches come in random order (_GroupsInRandomOrder)."""
+    return type(f"_{trainer_class.__name__}", (_GroupsInRandomOrder, trainer_class), {})
 
 
 # --------------------------------------------------------------------------- memory

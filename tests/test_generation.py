@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalog, matrix, tasks
+from harness import catalog, matrix, methods, tasks
 from harness.tasks import generation
 from tests.conftest import FILLER, NEGATIVE, POSITIVE, _tokenizer, write_matrix
 
@@ -216,7 +216,7 @@ tasks:
 """
     assert len(matrix.load(write_matrix(tmp_path, text)).runs) == 1
     extra = options("summarization", pairs, prompt="{input}", eval_datasets=[{"dataset": "xsum"}])
-    assert generation.check_options(extra, True, tmp_path) == []
+    assert generation.check_options(extra, methods.info(methods.REGISTRY["lora"]), tmp_path) == []
     assert catalog.eval_only_reason("xsum") and catalog.eval_only_reason("aclsum") is None
 
 

@@ -1,14 +1,24 @@
 """Fine-tuning methods behind one interface; adding a method = one module + one line below.
 
-A method decides which parameters train, how they are initialised and saved. Each method
-module satisfies the `Method` protocol below (checked when it is registered). `apply` raises
-common.NotApplicable when the method cannot apply to the model: the run is then recorded as
-skipped, with the reason. Modules import torch/peft inside functions: the matrix validator
-imports only the options.
+The split between methods and tasks (harness/tasks/):
+- a **method** decides which parameters train, how they are initialised and how they are saved
+  (its options, `lr` among them, and `apply`/`save`); it knows nothing of objectives;
+- a **task** decides the data, the objective and its trainer (SFT, classification loss, DPO,
+  ...) and the metrics. A new objective is a new task and needs no change here.
+A task learns what it may need about a run's method from `MethodInfo` (at validation, without
+torch) and from the trained model itself (harness.reference: the untrained base back from a
+peft adapter, or a frozen copy); a method x task combination that cannot work is refused by the
+task's `check_options` when the matrix is validated.
+
+Each method module satisfies the `Method` protocol below (checked when it is registered).
+`apply` raises common.NotApplicable when the method cannot apply to the model: the run is then
+recorded as skipped, with the reason. Modules import torch/peft inside functions: the matrix
+validator imports only the options.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,6 +41,9 @@ class Method(Protocol):
     # optional: load_kwargs(options: dict, placement) -> extra from_pretrained arguments (quantization)
     # optional: MERGES_FOR_SCORING = True: peft can merge the adapter into the weights exactly
     #   (up to float rounding), so the trained model is scored merged (`merged_for_scoring`)
+    # optional: PEFT_ADAPTER = True: on decoders the trained parameters are a peft adapter over the
+    #   frozen base, so disabling the adapter gives the base back (objectives that need the
+    #   untrained model as a reference keep no second copy)
 
 
 CONTRACT = ("NAME", "Options", "TRAINS", "apply", "save")
@@ -60,6 +73,18 @@ def merged_for_scoring(method: Method, model):
         yield model
     finally:
         model.unmerge_adapter()
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a task may know about a run's method, at validation time (no torch)."""
+
+    name: str
+    trains: bool  # False only for the untrained reference row
+    peft_adapter: bool  # see Method.PEFT_ADAPTER
+
+
+def info(method: Method) -> MethodInfo:
+    return MethodInfo(name=method.NAME, trains=bool(method.TRAINS),
+                      peft_adapter=bool(getattr(method, "PEFT_ADAPTER", False)))
 
 
 def load_kwargs(method: Method, options: dict, placement) -> dict:

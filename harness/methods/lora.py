@@ -11,6 +11,7 @@ from harness.methods.common import save_pretrained as save  # noqa: F401 (the me
 NAME = "lora"
 TRAINS = True
 MERGES_FOR_SCORING = True
+PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 
 
 class Options(TrainedOptions):

@@ -12,6 +12,7 @@ from harness.methods.common import TrainedOptions, peft_task_type, save_pretrain
 
 NAME = "prefix"
 TRAINS = True
+PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 LM_HEADS = ("causal_lm", "seq2seq_lm")  # peft's past_key_values path works for these
 
 

@@ -9,6 +9,7 @@ from harness.methods.common import save_pretrained as save  # noqa: F401 (the me
 
 NAME = "prompt"
 TRAINS = True
+PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 
 
 class Options(TrainedOptions):

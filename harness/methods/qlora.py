@@ -16,6 +16,7 @@ from harness.methods.common import save_pretrained as save  # noqa: F401 (the me
 
 NAME = "qlora"
 TRAINS = True
+PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 # Heads stay in full precision: a quantized classifier could not be trained by peft's
 # modules_to_save (and lm_head is never quantized by transformers anyway).
 UNQUANTIZED_HEADS = ["classifier", "score", "pooler", "lm_head"]

@@ -1,8 +1,17 @@
 """Tasks behind one registry; adding a task = one module + one line below.
 
-A task decides the data, the training objective and the metrics with their direction. Each
-task module satisfies the `Task` protocol below (checked when it is registered); heavy imports
-happen inside its functions.
+A task decides the data, the training objective with its trainer, and the metrics with their
+direction; a method (harness/methods/) decides only which parameters train and how they are
+saved. So a new objective (DPO, KTO, ORPO, reward modelling) is a new task module and works
+with every method that can apply, without a change to any method: the task's formulation
+builds the trainer (`form.trainer(model, train_rows, val_rows, setup)`, with
+harness.train.Setup: the method's learning rate and the matrix's training settings), and a task
+whose objective needs the untrained model (`NEEDS_REFERENCE`) gets it from harness.reference.
+A method x task combination that cannot work is refused by the task's `check_options`, which
+sees the run's method (harness.methods.MethodInfo), when the matrix is validated.
+
+Each task module satisfies the `Task` protocol below (checked when it is registered); heavy
+imports happen inside its functions.
 """
 from __future__ import annotations
 
@@ -33,8 +42,19 @@ class Task(Protocol):
 
     def sample_rows(self, options: dict, examples: list[dict], predictions: list) -> list[dict]: ...
 
-    # optional: check_options(options, trains: bool, base_dir: Path) -> [(field, problem)], run
-    # when a matrix is validated
+    # The formulation (what `formulation` returns) builds the run's trainer:
+    #   form.trainer(model, train_rows, val_rows or None, setup: harness.train.Setup) -> a
+    #   transformers Trainer (harness.train has plain_trainer and sft_trainer for the usual cases)
+    # optional:
+    # - check_options(options, method: harness.methods.MethodInfo, base_dir: Path) -> [(field,
+    #   problem)], run when a matrix is validated: options that cannot work, or cannot work with
+    #   this method (the problem then names the method and the task)
+    # - NEEDS_REFERENCE = True: the objective or the metrics compare with the untrained model; the
+    #   runner calls form.bind(context) (harness.reference.RunContext) after the method is applied,
+    #   and `harness plan` counts the frozen copy that methods without a peft adapter then need
+    # - SCORED_POSITIONS: positions per example whose LM logits are computed (default: every one)
+    # - SEQUENCES_PER_EXAMPLE: sequences one training example puts in the batch (default 1; a
+    #   preference pair: 2)
 
 
 CONTRACT = ("NAME", "Options", "PRIMARY_METRIC", "METRICS", "METRIC_MODULES", "HIGHER_IS_BETTER", "head_for",
@@ -61,9 +81,10 @@ def higher_is_better(task: str | None, metric: str) -> bool:
     return bool(declared.get(metric, True))
 
 
-def check_options(task: Task, options: dict, trains: bool, base_dir: Path) -> list[tuple[str, str]]:
+def check_options(task: Task, options: dict, method, base_dir: Path) -> list[tuple[str, str]]:
+    """The task's problems with a run's options and method (a harness.methods.MethodInfo)."""
     check = getattr(task, "check_options", None)
-    return check(options, trains, base_dir) if check else []
+    return check(options, method, base_dir) if check else []
 
 
 REGISTRY: Registry[Task] = Registry("task")

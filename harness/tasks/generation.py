@@ -110,12 +110,13 @@ def head_for(family: str) -> str:
     raise ValueError(f"text generation needs a decoder or a seq2seq model, not an {family}")
 
 
-def check_options(options: dict, trains: bool, base_dir: Path) -> list[tuple[str, str]]:
+def check_options(options: dict, method, base_dir: Path) -> list[tuple[str, str]]:
     """(field, problem) for options that cannot work, found before anything runs: training on an
-    evaluation-only dataset, and eval_datasets that do not resolve."""
+    evaluation-only dataset, and eval_datasets that do not resolve. `method`: the run's
+    harness.methods.MethodInfo."""
     problems = []
     reason = catalog.eval_only_reason(options["dataset"])
-    if trains and reason:
+    if method.trains and reason:
         problems.append(("dataset", (f"{options['dataset']!r} is evaluation-only ({reason}): it cannot be "
                                      "training data; score it through eval_datasets, or with the untrained "
                                      "`base` method")))
@@ -206,7 +207,14 @@ class TextToText:
         self.max_length = training["max_length"]
         self.use_chat = bool(options["chat_template"] and head == "causal_lm"
                              and getattr(tokenizer, "chat_template", None))
-        self.trainer = "sft" if head == "causal_lm" else "plain"  # see harness/train.py build_trainer
+
+    def trainer(self, model, train_rows: list[dict], val_rows: list[dict] | None, setup):
+        """Decoders: trl's SFTTrainer on prompt/completion pairs (loss on the completion only);
+        seq2seq models: transformers' Trainer on encoded features (the model's own loss)."""
+        from harness.train import plain_trainer, sft_trainer
+
+        build = sft_trainer if self.head == "causal_lm" else plain_trainer
+        return build(model, self, train_rows, val_rows, setup)
 
     def _cut(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -32,6 +32,7 @@ METRICS = ("accuracy", "f1_macro")
 METRIC_MODULES = ("accuracy", "f1")  # the evaluate modules score() uses
 HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "loss": False}  # per metric score() reports
 SPLITS = ("train", "validation", "test")
+SCORED_POSITIONS = 1  # decoders: the LM's logits are computed at the last position only (harness.plan)
 
 
 class Options(BaseModel):
@@ -137,7 +138,17 @@ def formulation(head: str, tokenizer, options: dict[str, Any], training: dict[st
     return Verbalizer(tokenizer, options, training)
 
 
-class EncoderClassifier:
+class _Supervised:
+    """Trained with transformers' Trainer on the encoded features (the objective of both
+    formulations: cross-entropy on the label, through a head or the label word)."""
+
+    def trainer(self, model, train_rows: list[dict], val_rows: list[dict] | None, setup):
+        from harness.train import plain_trainer
+
+        return plain_trainer(model, self, train_rows, val_rows, setup)
+
+
+class EncoderClassifier(_Supervised):
     head = "sequence_classification"
     compute_loss_func = None
 
@@ -169,7 +180,7 @@ class EncoderClassifier:
         return logits, F.cross_entropy(logits, labels, reduction="sum")
 
 
-class Verbalizer:
+class Verbalizer(_Supervised):
     head = "causal_lm"
 
     def __init__(self, tokenizer, options, training):
