@@ -68,6 +68,20 @@ def build_alpaca(entry: Path) -> None:
         for i, r in enumerate(records)))
 
 
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def build_dpo_demo(entry: Path) -> None:
+    """sharegpt preference rows -> {"prompt": [{role, content}], "chosen", "rejected", "group"}."""
+    path = entry / "dpo_en_demo.json"
+    records = json.loads(path.read_text(encoding="utf-8"))
+    path.unlink()
+    _write_rows(entry / "dpo_en_demo.jsonl", (
+        {"prompt": [{"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]} for turn in r["conversations"]],
+         "chosen": r["chosen"]["value"], "rejected": r["rejected"]["value"], "group": str(i)}
+        for i, r in enumerate(records)))
+
+
 def build_multiemo_en_es(entry: Path) -> None:
     """Index-aligned English and Spanish sentences (one source, translated); pairs with an empty
     side, untranslated pairs (the same text on both sides: names, emoticons) and repeats of an

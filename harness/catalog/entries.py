@@ -249,6 +249,18 @@ CATALOG: dict[str, Asset] = {
             non_commercial=True,
         ),
         Asset(
+            name="dpo_en_demo",
+            kind="dataset",
+            source=LLAMAFACTORY,
+            members={"llamafactory-0.9.5/data/dpo_en_demo.json": "dpo_en_demo.json"},
+            description="300 English preference pairs (llamafactory's dpo_en_demo, sharegpt format): prompt = "
+            "the conversation (1-7 turns, some with a system turn) as {role, content} messages, chosen and "
+            "rejected = the two answers; group = row index",
+            license="see llamafactory (Apache-2.0); pairs of unstated provenance in its demo data",
+            build="harness.catalog.builds:build_dpo_demo",
+            load_path="dpo_en_demo.jsonl",
+        ),
+        Asset(
             name="bible_en_es",
             kind="dataset",
             source=(

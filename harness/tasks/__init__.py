@@ -89,7 +89,7 @@ def check_options(task: Task, options: dict, method, base_dir: Path) -> list[tup
 
 REGISTRY: Registry[Task] = Registry("task")
 
-from harness.tasks import instruction, sentiment, summarization, translation  # noqa: E402
+from harness.tasks import instruction, preference, sentiment, summarization, translation  # noqa: E402
 
-for _module in (sentiment, summarization, translation, instruction):
+for _module in (sentiment, summarization, translation, instruction, preference):
     register(_module)

@@ -16,7 +16,6 @@ name their text/label columns and optionally a group column for the same kind of
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +80,8 @@ def head_for(family: str) -> str:
 def load_splits(options: dict[str, Any], base_dir: str = ".") -> dict[str, list[dict]]:
     """{split: [{"text", "label"}]}, each split subsampled to its configured size."""
     rows = _load_rows(options, base_dir)
-    pools = tables.split_by_group(rows, options["test_fraction"], options["val_fraction"], options["split_seed"])
-    rng = random.Random(options["split_seed"])
-    out = {}
-    for split in SPLITS:
-        wanted = options[f"{'val' if split == 'validation' else split}_size"]
-        pool = pools[split]
-        if wanted > len(pool):
-            raise ValueError(
-                f"task {NAME}: {split} needs {wanted} examples but the {split} split of "
-                f"{options['dataset']} has {len(pool)}"
-            )
-        rng.shuffle(pool)
-        out[split] = [{"text": r["text"], "label": r["label"]} for r in pool[:wanted]]
-    return out
+    return {split: [{"text": r["text"], "label": r["label"]} for r in chosen]
+            for split, chosen in tables.sample_splits(rows, options, f"task {NAME}: examples").items()}
 
 
 def _load_rows(options: dict[str, Any], base_dir: str) -> list[dict]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -39,3 +40,22 @@ def split_by_group(rows: list[dict], test_fraction: float, val_fraction: float, 
     for row in rows:
         pools[split_of(str(row["group"]), test_fraction, val_fraction, seed)].append(row)
     return pools
+
+
+def sample_splits(rows: list[dict], options: dict, what: str) -> dict[str, list[dict]]:
+    """Rows split by group (test_fraction, val_fraction, split_seed), each split shuffled and
+    cut to its size option (train_size, val_size, test_size); `what` starts the error for a
+    split too small ("task sentiment: ... examples")."""
+    task, _, unit = what.partition(": ")
+    pools = split_by_group(rows, options["test_fraction"], options["val_fraction"], options["split_seed"])
+    rng = random.Random(options["split_seed"])
+    out = {}
+    for split in SPLITS:
+        wanted = options[f"{'val' if split == 'validation' else split}_size"]
+        pool = pools[split]
+        if wanted > len(pool):
+            raise ValueError(f"{task}: {split} needs {wanted} {unit} but the {split} split of "
+                             f"{options['dataset']} has {len(pool)}")
+        rng.shuffle(pool)
+        out[split] = pool[:wanted]
+    return out
