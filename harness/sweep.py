@@ -263,19 +263,25 @@ class _Signals:
 
 class SweepLock:
     """An exclusive advisory lock on `<store>.sweep.lock` for the length of a sweep. The kernel
-    releases it when the process ends, however it ends, so a killed sweep never blocks the next."""
+    releases it when the process ends, however it ends, so a killed sweep never blocks the next.
+    The lock is named after the store's real path (symlinks resolved), so two names of one
+    store share one lock."""
 
     def __init__(self, store_path: Path, matrix_name: str):
         self.store_path = Path(store_path)
-        self.path = self.store_path.with_name(self.store_path.name + ".sweep.lock")
+        real = self.store_path.resolve()
+        self.path = real.with_name(real.name + ".sweep.lock")
         self.matrix_name = matrix_name
         self._fh = None
 
     def __enter__(self):
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the sweep
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(self.path, "a+")  # noqa: SIM115 - held for the sweep
+        except OSError as err:
+            raise SweepError(f"cannot create the sweep lock {self.path}: {err.strerror or err}") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -398,3 +398,21 @@ def test_executor_settings_are_checked_before_anything_runs(tiny_matrix, tmp_pat
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not db.exists() and not db.parent.joinpath("h.duckdb.sweep.lock").exists()
+
+
+def test_a_symlinked_store_path_shares_the_sweep_lock(tiny_matrix, tmp_path, capsys):
+    """Reproduction: a sweep holds results/h.duckdb; a second sweep given a symlink to the store
+    (or to its folder) took a lock of another name and ran. Expected: it refuses, as for the
+    store's own path, and writes nothing."""
+    real = tmp_path / "results" / "h.duckdb"
+    real.parent.mkdir()
+    real.touch()
+    (tmp_path / "link.duckdb").symlink_to(real)
+    (tmp_path / "linked-folder").symlink_to(real.parent)
+    with SweepLock(real, "first"):
+        for alias in (tmp_path / "link.duckdb", tmp_path / "linked-folder" / "h.duckdb"):
+            assert cli.main(["sweep", str(tiny_matrix), "--db", str(alias), "--quiet"]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {alias} is in use by another sweep (pid {os.getpid()} on "), err
+    assert sorted(p.name for p in real.parent.iterdir()) == ["h.duckdb", "h.duckdb.sweep.lock"]
+    assert real.stat().st_size == 0  # nothing was written into the store
