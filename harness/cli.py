@@ -175,7 +175,7 @@ def cmd_sweep(args) -> int:
     return _sweep_exit_code(summary, strict=args.strict)
 
 
-EXIT_SOME_FAILED = 3
+EXIT_PARTIAL = 3  # the command finished, but some runs failed or some records were skipped
 
 
 def _sweep_exit_code(summary, *, strict: bool) -> int:
@@ -185,7 +185,7 @@ def _sweep_exit_code(summary, *, strict: bool) -> int:
     failed = summary.failed + summary.not_retried
     if strict:
         return 1 if failed or summary.not_applicable else 0
-    return EXIT_SOME_FAILED if failed else 0
+    return EXIT_PARTIAL if failed else 0
 
 
 def _summary_columns(board) -> list[str]:
@@ -350,6 +350,8 @@ def _matrix_name(name_or_file: str) -> str:
 
 
 def cmd_ingest(args) -> int:
+    """Every valid record into the store; a file that is not a valid run record is named with
+    its problem and skipped (exit 3), never half-written into the store."""
     from harness import probes, records
     from harness.store import Store
 
@@ -358,14 +360,24 @@ def cmd_ingest(args) -> int:
     for root in roots:
         files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))
     store = Store(args.db)
-    baselines = 0
+    ingested, baselines, bad = 0, 0, []
     for start in range(0, len(files), INGEST_BATCH):  # one transaction per batch, not per record
-        batch = [records.read(path) for path in files[start:start + INGEST_BATCH]]
+        batch = []
+        for path in files[start:start + INGEST_BATCH]:
+            try:
+                batch.append(records.read(path))
+            except records.RecordError as err:
+                bad.append(str(err))
         store.write_records(batch)
         rows = [row for record in batch for row in probes.baselines_of(record)]
         store.add_probe_baselines(rows)  # the base probe scores those runs computed (first one kept)
-        baselines += len(rows)
-    print(f"ingested {len(files)} records into {args.db}" + (f" ({baselines} base probe scores)" if baselines else ""))
+        ingested, baselines = ingested + len(batch), baselines + len(rows)
+    print(f"ingested {ingested} records into {args.db}" + (f" ({baselines} base probe scores)" if baselines else ""))
+    if bad:
+        print(f"skipped {len(bad)} of {len(files)} record files, which are not valid run records:", file=sys.stderr)
+        for problem in bad:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_PARTIAL
     return 0
 
 

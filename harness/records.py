@@ -1,10 +1,13 @@
 """RunRecord: everything one run produced, as plain JSON. The store can be rebuilt from these."""
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from typing_extensions import NotRequired, TypedDict
 
 from harness import files
 
@@ -14,12 +17,96 @@ RESULTS_DIR = Path("results")
 DEFAULT_STORE = RESULTS_DIR / "harness.duckdb"
 RUNS_DIR = "runs"
 RECORD_FILE = "record.json"
-STATES = ("pending", "running", "done", "failed", "interrupted", "skipped")
+Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped"]
+STATES = get_args(Status)
 FINISHED = ("done", "skipped")  # a sweep does not run these again (unless forced)
+
+
+# The shapes of a record's entries: what the sweep writes, and what `read` accepts.
+class Metric(TypedDict):
+    kind: str
+    name: str
+    split: str | None
+    value: float | None
+    stderr: float | None
+
+
+class CurvePoint(TypedDict):
+    step: int
+    epoch: float | None
+    loss: float | None
+    eval_loss: float | None
+    lr: float | None
+
+
+class Sample(TypedDict):
+    idx: int
+    input: str
+    reference: str
+    prediction: str
+
+
+class ItemEntry(TypedDict):
+    """One scored split's item outcomes, one list per column (harness.items.Outcomes.entry)."""
+
+    split: str
+    metric: str
+    item_id: list[str]
+    value: list[float | None]
+    prediction: NotRequired[list[str | None] | None]
+    confidence: NotRequired[list[float | None] | None]
+    weight: NotRequired[list[float | None] | None]
+    input: NotRequired[list[str]]
+    reference: NotRequired[list[str]]
+
+
+class ProbeBaseline(TypedDict):
+    model: str
+    probe: str
+    config_hash: str
+    value: float | None
+    stderr: float | None
+    metric: str
+    higher_is_better: bool | None
+    items: NotRequired[ItemEntry | None]
+
+
+class WeightUpdate(TypedDict):
+    """One matrix's update (harness.updates): norms, effective rank, top singular values."""
+
+    module: str
+    kind: str
+    rows: int
+    cols: int
+    base_norm: float | None
+    update_norm: float | None
+    relative: float | None
+    effective_rank: int | None
+    singular_values: list[float]
+    head: bool
+
+
+class TrajectoryPoint(TypedDict):
+    """A score at a checkpoint during training (harness.checkpoints)."""
+
+    step: int
+    fraction: float
+    kind: str
+    name: str
+    split: str | None
+    value: float | None
+    stderr: float | None
+
+
+class RecordError(ValueError):
+    """A record.json that is not a run record: unreadable, not JSON, or not of the schema."""
 
 
 @dataclass
 class RunRecord:
+    # for `read`'s check (pydantic): "0" is not a seed, 1 is not true, no key beyond the fields
+    __pydantic_config__ = {"strict": True, "extra": "forbid"}
+
     run_id: str
     matrix: str
     sweep: str
@@ -28,7 +115,7 @@ class RunRecord:
     task: str
     seed: int
     config: dict[str, Any]
-    status: str = "pending"
+    status: Status = "pending"
     primary_metric: str | None = None
     error: str | None = None
     traceback: str | None = None
@@ -36,20 +123,17 @@ class RunRecord:
     finished_at: str | None = None
     host: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # kind, name, split, value, stderr
-    curves: list[dict[str, Any]] = field(default_factory=list)  # step, epoch, loss, eval_loss, lr
-    samples: list[dict[str, Any]] = field(default_factory=list)  # idx, input, reference, prediction
-    # item-level outcomes, one columnar entry per scored split or probe (harness.items.Outcomes.entry):
-    # split, metric, and per item: item_id, value, prediction, confidence, weight, input, reference
-    items: list[dict[str, Any]] = field(default_factory=list)
-    # base probe scores this run computed (model, probe, config_hash, value, stderr, metric,
-    # higher_is_better): the sweep writes them into the store's probe_baselines
-    probe_baselines: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[Metric] = field(default_factory=list)
+    curves: list[CurvePoint] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    # item-level outcomes, one columnar entry per scored split or probe
+    items: list[ItemEntry] = field(default_factory=list)
+    # base probe scores this run computed: the sweep writes them into the store's probe_baselines
+    probe_baselines: list[ProbeBaseline] = field(default_factory=list)
     # what training changed in the weights, one row per matrix (harness.updates.analyse)
-    updates: list[dict[str, Any]] = field(default_factory=list)
-    # validation and probe scores during training (harness.checkpoints): step, fraction, kind,
-    # name, split, value, stderr
-    trajectory: list[dict[str, Any]] = field(default_factory=list)
+    updates: list[WeightUpdate] = field(default_factory=list)
+    # validation and probe scores during training (harness.checkpoints)
+    trajectory: list[TrajectoryPoint] = field(default_factory=list)
 
     def add_metric(self, kind: str, name: str, value: float, split: str | None = None, stderr: float | None = None):
         self.metrics.append({"kind": kind, "name": name, "split": split, "value": value, "stderr": stderr})
@@ -79,4 +163,49 @@ def write_atomic(record: RunRecord, run_dir: Path) -> Path:
 
 
 def read(path: Path) -> RunRecord:
-    return RunRecord.from_dict(json.loads(Path(path).read_text()))
+    """The record in a record.json, checked against RunRecord's schema (every field's type, no
+    unknown or missing key, a known status) before anything uses it: a RecordError naming the
+    file and each problem otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecordError(f"{path}: cannot be read: {getattr(err, 'strerror', None) or err}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise RecordError(f"{path}: not valid JSON: {err}") from None
+    problems = _schema_problems(text, data)
+    if problems:
+        raise RecordError(f"{path}: not a run record: {'; '.join(problems)}")
+    return RunRecord.from_dict(data)
+
+
+def _schema_problems(text: str, data) -> list[str]:
+    import pydantic
+
+    try:
+        _record_schema().validate_json(text)
+    except pydantic.ValidationError as err:
+        return [_problem(e) for e in err.errors()][:10]
+    return [f"items[{i}]: columns of different lengths" for i, entry in enumerate(data["items"] or [])
+            if len({len(v) for k, v in entry.items() if isinstance(v, list)}) > 1]
+
+
+def _problem(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "the file"
+    if error["type"] == "missing":
+        return f"{where}: missing"
+    if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{where}: unknown key"
+    shown = repr(error.get("input"))
+    return f"{where}: {error['msg']} (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+
+
+@functools.cache
+def _record_schema():
+    """RunRecord's annotations as a validator (pydantic, imported here: only `read` needs it,
+    so it stays off the CLI's import path)."""
+    import pydantic
+
+    return pydantic.TypeAdapter(RunRecord)

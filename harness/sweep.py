@@ -166,7 +166,7 @@ def _recover(spec: RunSpec, store: Store, results_dir: Path) -> bool:
     path = run_dir(results_dir, spec.run_id) / records.RECORD_FILE
     try:
         record = records.read(path)
-    except (OSError, ValueError, TypeError):
+    except records.RecordError:
         return False
     if record.run_id != spec.run_id or record.status not in records.FINISHED:
         return False

@@ -227,3 +227,46 @@ def test_export_writes_the_tuning_budget_of_methods_with_several_rates(tmp_path)
     # validation accuracy is acc - 0.05: 0.65, 0.75, 0.85; best of k without replacement
     assert curve["k"].tolist() == [1, 2, 3] and curve["n_rates"].tolist() == [3, 3, 3]
     assert curve["expected"].tolist() == pytest.approx([0.75, (0.75 + 0.85 + 0.85) / 3, 0.85])
+
+
+def test_ingest_takes_every_valid_record_and_names_each_bad_one(tmp_path, capsys):
+    """Reproduction: one bad record.json stopped `harness ingest` with a traceback that did not
+    name the file, and nothing was ingested. Expected: the valid records are in, each bad file
+    is named with its problem, the exit status is 3, and no bad record touched the store."""
+    runs = tmp_path / "runs"
+    for rec in (make_record("a0"), make_record("b0", method="base", acc=0.6)):
+        records.write_atomic(rec, runs / rec.run_id)
+    good = make_record("x").to_dict()
+    bad = {"not-json": "{\"run_id\": \"c0\", ", "a-list": "[1, 2]",
+           "unknown-key": {**good, "run_id": "c1", "colour": "red"},
+           "missing-key": {k: v for k, v in good.items() if k != "model"},
+           "wrong-type": {**good, "run_id": "c3", "seed": "0"},
+           "bool-seed": {**good, "run_id": "c4", "seed": True},
+           "unknown-status": {**good, "run_id": "c5", "status": "finished"},
+           "bad-metric": {**good, "run_id": "c6", "metrics": [{"kind": "task", "name": "accuracy", "value": "high"}]},
+           "ragged-items": {**good, "run_id": "c7", "items": [{"split": "test", "metric": "accuracy",
+                                                               "item_id": ["i1", "i2"], "value": [1.0]}]}}
+    for name, content in bad.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "record.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    (runs / "in-the-way" / "record.json").mkdir(parents=True)  # a folder where the file should be
+
+    assert cli.main(["ingest", "--db", str(tmp_path / "h.duckdb")]) == 3
+    out, err = capsys.readouterr()
+    assert out.startswith("ingested 2 records into ") and "Traceback" not in err
+    assert "skipped 10 of 12 record files, which are not valid run records:" in err
+    expected = {"not-json": "not valid JSON: Expecting", "a-list": "not a run record: the file: Input should be an object",
+                "unknown-key": "colour: unknown key", "missing-key": "model: missing",
+                "wrong-type": "seed: Input should be a valid integer (got '0')",
+                "bool-seed": "seed: Input should be a valid integer (got True)",
+                "unknown-status": "status: Input should be 'pending', 'running', 'done', 'failed', 'interrupted' or "
+                                  "'skipped' (got 'finished')",
+                "bad-metric": "metrics.0.split: missing; metrics.0.value: Input should be a valid number (got 'high')",
+                "ragged-items": "items[0]: columns of different lengths", "in-the-way": "cannot be read: Is a directory"}
+    lines = err.splitlines()
+    for name, problem in expected.items():
+        line = next((line for line in lines if f"/runs/{name}/record.json: " in line), "")
+        assert problem in line, (name, err)
+    store = Store(tmp_path / "h.duckdb")
+    assert sorted(store.runs()["run_id"]) == ["a0", "b0"]
+    assert store.leaderboard("mx", "sentiment")["test_accuracy"].tolist() == [0.8, 0.6]
