@@ -23,7 +23,7 @@ import duckdb
 import pandas as pd
 
 from harness import leaderboard as boards
-from harness.records import DEFAULT_STORE, RunRecord
+from harness.records import DEFAULT_STORE, RUNS_DIR, RunRecord
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = DEFAULT_STORE
@@ -78,6 +78,15 @@ class StoreBusy(StoreError):
     """Another process (a sweep writing, an ingest) held the file for longer than `lock_wait_s`."""
 
 
+class StoreDamaged(StoreError):
+    """The file is damaged (cut short, a block overwritten): rebuild it from the run records."""
+
+
+# How DuckDB words a damaged file: cut short ("Could not read enough bytes"), a block that fails
+# its checksum ("Corrupt database file"), or a database it gave up on after such an error.
+DAMAGE_SIGNS = ("could not read enough bytes", "corrupt", "checksum", "invalidated")
+
+
 # Order of run states where failures should come first (the sweep status view).
 STATE_ORDER = ("failed", "interrupted", "running", "pending", "done")
 
@@ -104,22 +113,37 @@ class Store:
             else:
                 self._ensure_schema(con)
             yield con
+        except duckdb.Error as err:
+            damaged = self._damaged(err)
+            if damaged is None:
+                raise
+            raise damaged from err
         finally:
-            con.close()
+            with contextlib.suppress(duckdb.Error):  # a damaged file may refuse even this
+                con.close()
 
     def _open(self, read_only: bool):
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.IOException as err:
-                if "lock" not in str(err).lower():
-                    raise StoreError(f"cannot open {self.path} as a harness store: {err}") from err
+            except duckdb.Error as err:
+                if not isinstance(err, duckdb.IOException) or "lock" not in str(err).lower():
+                    raise self._damaged(err) or StoreError(f"cannot open {self.path} as a harness store: {err}") from err
                 if time.monotonic() > deadline:
                     raise StoreBusy(f"{self.path} is busy (another process holds it): {err}") from err
                 time.sleep(0.1)
-            except duckdb.Error as err:
-                raise StoreError(f"cannot open {self.path} as a harness store: {err}") from err
+
+    def _damaged(self, err: duckdb.Error) -> StoreDamaged | None:
+        """A StoreDamaged saying how to rebuild the store, if `err` says the file is damaged."""
+        text = " ".join(str(err).split())
+        if not any(sign in text.lower() for sign in DAMAGE_SIGNS):
+            return None
+        rebuilt = self.path.with_name(f"{self.path.stem}-rebuilt{self.path.suffix}")
+        return StoreDamaged(
+            f"the store {self.path} is damaged ({text}). Its runs are in their record.json files: rebuild it "
+            f"into a new file with `harness ingest {self.path.parent / RUNS_DIR} --db {rebuilt}`, then replace "
+            f"{self.path} by {rebuilt}")
 
     def _ensure_schema(self, con) -> None:
         con.execute(SCHEMA)
@@ -164,7 +188,7 @@ class Store:
                 _insert_arrow(con, "trajectory", _trajectory_rows([record]))
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
 
     def _upsert_run(self, con, record: RunRecord) -> None:
@@ -287,7 +311,7 @@ class Store:
                         con.unregister("incoming")
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
         return len(records)
 
@@ -692,6 +716,13 @@ def _write_baseline_items(con, row: dict, *, replace: bool) -> None:
     weights = entry.get("weight") or [None] * len(entry["item_id"])
     _insert(con, "probe_baseline_items", [[*key, item, _finite(value), _finite(weight)] for item, value, weight
                                           in zip(entry["item_id"], entry["value"], weights)])
+
+
+def _rollback(con) -> None:
+    """Undo the open transaction; if DuckDB cannot (the file is damaged), the error that stopped
+    the transaction is the one to report."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
 
 
 def _insert(con, table: str, rows: list[list], verb: str = "INSERT") -> None:

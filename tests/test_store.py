@@ -270,3 +270,54 @@ def test_ingest_takes_every_valid_record_and_names_each_bad_one(tmp_path, capsys
     store = Store(tmp_path / "h.duckdb")
     assert sorted(store.runs()["run_id"]) == ["a0", "b0"]
     assert store.leaderboard("mx", "sentiment")["test_accuracy"].tolist() == [0.8, 0.6]
+
+
+@pytest.fixture(scope="module")
+def store_and_records(tmp_path_factory):
+    """A store of 40 runs with item outcomes (several MB, many blocks), and their records."""
+    root = tmp_path_factory.mktemp("damage")
+    runs = [with_items(make_record(f"r{i:02d}", seed=i, acc=0.5 + i / 100), values=[float(j % 2) for j in range(300)])
+            for i in range(40)]
+    for record in runs:
+        records.write_atomic(record, root / "runs" / record.run_id)
+    Store(root / "h.duckdb").write_records(runs)
+    return root
+
+
+def damaged_copies(root, tmp_path) -> dict[str, object]:
+    """The store cut to half its size, and with 8 KiB of it overwritten by random bytes."""
+    import random
+    import shutil
+
+    size = (root / "h.duckdb").stat().st_size
+    copies = {}
+    for how in ("half-truncated", "overwritten"):
+        path = tmp_path / how / "h.duckdb"
+        path.parent.mkdir()
+        shutil.copy(root / "h.duckdb", path)
+        with open(path, "r+b") as fh:
+            if how == "half-truncated":
+                fh.truncate(size // 2)
+            else:
+                fh.seek(size // 20)
+                fh.write(random.Random(0).randbytes(8192))
+        copies[how] = path
+    return copies
+
+
+def test_a_damaged_store_is_named_with_how_to_rebuild_it(store_and_records, tmp_path, tiny_matrix, capsys):
+    """Reproduction: a half-truncated (or overwritten) store made `status`, `export`, `ingest`
+    and `sweep` print DuckDB tracebacks. Expected: exit 2 and one line saying the store is
+    damaged and the `harness ingest` command that rebuilds it into a new file, which works."""
+    for how, db in damaged_copies(store_and_records, tmp_path).items():
+        for command in (["status"], ["export"], ["ingest", str(store_and_records / "runs" / "r00")],
+                        ["sweep", str(tiny_matrix), "--quiet"]):
+            assert cli.main([*command, "--db", str(db)]) == 2, (how, command)
+            err = capsys.readouterr().err
+            rebuilt = db.with_name("h-rebuilt.duckdb")
+            assert err.startswith(f"error: the store {db} is damaged ("), (how, command, err)
+            assert f"rebuild it into a new file with `harness ingest {db.parent / 'runs'} --db {rebuilt}`" in err
+    assert not (tmp_path / "overwritten" / "runs").exists()  # the sweep stopped before any run
+    rebuilt = tmp_path / "rebuilt.duckdb"
+    assert cli.main(["ingest", str(store_and_records / "runs"), "--db", str(rebuilt)]) == 0
+    assert len(Store(rebuilt).runs()) == 40
