@@ -180,9 +180,9 @@ EXIT_PARTIAL = 3  # the command finished, but some runs failed or some records w
 
 def _sweep_exit_code(summary, *, strict: bool) -> int:
     """0 when every run ended done or skipped (not applicable); 3 when the sweep finished but some
-    runs failed (named above, and in the leaderboard's status/error columns); with --strict, 1
-    when any run is not done."""
-    failed = summary.failed + summary.not_retried
+    runs failed (named above, and in the leaderboard's status/error columns) or a record.json
+    could not be written; with --strict, 1 when any run is not done."""
+    failed = summary.failed + summary.not_retried + list(summary.unsaved)
     if strict:
         return 1 if failed or summary.not_applicable else 0
     return EXIT_PARTIAL if failed else 0
@@ -279,14 +279,23 @@ def cmd_schema(args) -> int:
 def cmd_status(args) -> int:
     from harness.store import Store
 
-    runs = Store(args.db).runs(args.matrix and _matrix_name(args.matrix))
+    store = Store(args.db)
+    with store.reading():
+        runs = store.runs(args.matrix and _matrix_name(args.matrix))
+        attempts = store.attempts(runs["run_id"]) if len(runs) else None
     if runs.empty:
         print("no runs")
         return 0
     counts = runs["status"].value_counts().to_dict()
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    attempts = {row.run_id: row for row in attempts.itertuples()}
+    kept = f", {len(attempts)} with a failed re-run (their done results kept)" if attempts else ""
+    print(", ".join(f"{n} {s}" for s, n in counts.items()) + kept)
     for row in runs.itertuples():
         error = f"  {row.error}" if isinstance(row.error, str) and row.status != "done" else ""
+        attempt = attempts.get(row.run_id)
+        if attempt is not None:
+            error = (f"  (re-run {attempt.status} at {attempt.finished_at}: {attempt.error}; the done result is "
+                     f"kept, the attempt is in {Path(args.db).parent / 'runs' / row.run_id / 'attempt.json'})")
         print(f"  {row.run_id}  {row.status:<11} {row.model:<16} {row.method:<9} {row.task:<10} seed {row.seed}{error}")
     return 0
 
@@ -356,25 +365,36 @@ def cmd_ingest(args) -> int:
     from harness.store import Store
 
     roots = [Path(p) for p in args.paths] or [Path(args.db).parent / "runs"]
-    files = []
+    files, attempt_files = [], []
     for root in roots:
         files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))
+        attempt_files += [] if root.is_file() else sorted(root.rglob(records.ATTEMPT_FILE))
     store = Store(args.db)
     ingested, baselines, bad = 0, 0, []
-    for start in range(0, len(files), INGEST_BATCH):  # one transaction per batch, not per record
-        batch = []
-        for path in files[start:start + INGEST_BATCH]:
+
+    def read_valid(paths):
+        found = []
+        for path in paths:
             try:
-                batch.append(records.read(path))
+                found.append(records.read(path))
             except records.RecordError as err:
                 bad.append(str(err))
+        return found
+
+    for start in range(0, len(files), INGEST_BATCH):  # one transaction per batch, not per record
+        batch = read_valid(files[start:start + INGEST_BATCH])
         store.write_records(batch)
         rows = [row for record in batch for row in probes.baselines_of(record)]
         store.add_probe_baselines(rows)  # the base probe scores those runs computed (first one kept)
         ingested, baselines = ingested + len(batch), baselines + len(rows)
-    print(f"ingested {ingested} records into {args.db}" + (f" ({baselines} base probe scores)" if baselines else ""))
+    attempts = read_valid(attempt_files)  # failed re-runs kept beside done results
+    if attempts:
+        store.write_attempts(attempts)
+    print(f"ingested {ingested} records into {args.db}" + (f" ({baselines} base probe scores)" if baselines else "")
+          + (f" and {len(attempts)} failed re-run attempts" if attempts else ""))
     if bad:
-        print(f"skipped {len(bad)} of {len(files)} record files, which are not valid run records:", file=sys.stderr)
+        print(f"skipped {len(bad)} of {len(files) + len(attempt_files)} record files, which are not valid run "
+              "records:", file=sys.stderr)
         for problem in bad:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_PARTIAL

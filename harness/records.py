@@ -17,6 +17,9 @@ RESULTS_DIR = Path("results")
 DEFAULT_STORE = RESULTS_DIR / "harness.duckdb"
 RUNS_DIR = "runs"
 RECORD_FILE = "record.json"
+# A forced re-run of a done run that did not end done: kept beside the done record.json, which
+# it does not replace (harness/sweep.py), until a new done result supersedes both.
+ATTEMPT_FILE = "attempt.json"
 Status = Literal["pending", "running", "done", "failed", "interrupted", "skipped"]
 STATES = get_args(Status)
 FINISHED = ("done", "skipped")  # a sweep does not run these again (unless forced)
@@ -157,9 +160,10 @@ def run_dir(results_dir: str | Path, run_id: str) -> Path:
     return Path(results_dir) / RUNS_DIR / run_id
 
 
-def write_atomic(record: RunRecord, run_dir: Path) -> Path:
-    """Write run_dir/record.json so that a reader sees the old file or the new one, never half."""
-    return files.write_text_atomic(Path(run_dir) / RECORD_FILE, json.dumps(record.to_dict(), indent=1, default=str))
+def write_atomic(record: RunRecord, run_dir: Path, name: str = RECORD_FILE) -> Path:
+    """Write run_dir/record.json (or `name`) so that a reader sees the old file or the new one,
+    never half."""
+    return files.write_text_atomic(Path(run_dir) / name, json.dumps(record.to_dict(), indent=1, default=str))
 
 
 def read(path: Path) -> RunRecord:

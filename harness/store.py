@@ -55,6 +55,9 @@ CREATE TABLE IF NOT EXISTS weight_updates (
 CREATE TABLE IF NOT EXISTS trajectory (
     run_id VARCHAR, step INTEGER, fraction DOUBLE, kind VARCHAR, name VARCHAR, split VARCHAR, value DOUBLE,
     stderr DOUBLE);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id VARCHAR PRIMARY KEY, sweep VARCHAR, status VARCHAR, error VARCHAR, traceback VARCHAR,
+    started_at TIMESTAMP, finished_at TIMESTAMP, host VARCHAR);
 CREATE TABLE IF NOT EXISTS probe_baselines (
     model VARCHAR, probe VARCHAR, config_hash VARCHAR, value DOUBLE, stderr DOUBLE,
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
@@ -167,12 +170,13 @@ class Store:
     # ----------------------------------------------------------------- writes
 
     def write_record(self, record: RunRecord) -> None:
-        """Upsert a run and replace its rows, in one transaction: a run is `done` in the store
-        only once all its metrics, curves and samples are in."""
+        """Upsert a run and replace its rows (and any failed re-run attempt it supersedes), in one
+        transaction: a run is `done` in the store only once all its metrics, curves and samples
+        are in."""
         with self._connect() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in ("metrics", "curves", "samples", "items", "weight_updates", "trajectory"):
+                for table in ("metrics", "curves", "samples", "items", "weight_updates", "trajectory", "attempts"):
                     con.execute(f"DELETE FROM {table} WHERE run_id = ?", [record.run_id])
                 self._upsert_run(con, record)
                 _insert(con, "metrics", [
@@ -203,6 +207,15 @@ class Store:
             [row[c] for c in RUN_COLUMNS],
         )
         con.execute("INSERT OR IGNORE INTO matrix_runs VALUES (?, ?)", [record.matrix, record.run_id])
+
+    def write_attempts(self, records: Iterable[RunRecord]) -> None:
+        """Keep forced re-runs of done runs that did not end done (their status, error,
+        traceback, times) beside the runs' done results, which they leave as they are; one
+        per run, the latest. `write_record` of a new result removes a run's attempt."""
+        rows = [[r.run_id, r.sweep, r.status, r.error, r.traceback, r.started_at, r.finished_at, r.host]
+                for r in records]
+        with self._connect() as con:
+            _insert(con, "attempts", rows, verb="INSERT OR REPLACE")
 
     def put_probe_baseline(self, model: str, probe: str, config_hash: str, value: float, stderr: float | None,
                            *, metric: str, higher_is_better: bool) -> None:
@@ -298,7 +311,7 @@ class Store:
                 con.execute("DELETE FROM curves WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM samples WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 con.execute("DELETE FROM items WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
-                for table in ("weight_updates", "trajectory"):
+                for table in ("weight_updates", "trajectory", "attempts"):
                     con.execute(f"DELETE FROM {table} WHERE list_contains(?, run_id)", [[r.run_id for r in records]])
                 _insert_items(con, records)
                 for table, rows in tables.items():
@@ -337,9 +350,9 @@ class Store:
         with self._connect(read_only=True) as con:
             return con.execute(sql, list(params)).df()
 
-    def _query_items(self, sql: str, params: list) -> pd.DataFrame:
-        """`query` over the item tables, which stores written before item outcomes were kept do
-        not have yet (they gain them on their next write): empty there."""
+    def _query_later_tables(self, sql: str, params: list) -> pd.DataFrame:
+        """`query` over tables that stores written by an earlier harness do not have yet (item
+        outcomes, attempts: they gain them on their next write): empty there."""
         try:
             return self.query(sql, params)
         except duckdb.CatalogException:
@@ -361,6 +374,14 @@ class Store:
             "ORDER BY r.started_at DESC NULLS LAST, r.run_id",
             [matrix, matrix],
         )
+
+    def attempts(self, run_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The kept failed re-runs (`write_attempts`) of these runs (None: all): run_id, sweep,
+        status, error, started_at, finished_at."""
+        ids = None if run_ids is None else list(run_ids)
+        return self._query_later_tables(
+            "SELECT run_id, sweep, status, error, started_at, finished_at FROM attempts "
+            "WHERE ?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], run_id) ORDER BY run_id", [ids, ids])
 
     def matrices(self) -> list[str]:
         return self.query("SELECT DISTINCT matrix FROM matrix_runs ORDER BY matrix")["matrix"].tolist()
@@ -472,7 +493,7 @@ class Store:
         item_id, value, confidence, weight, and with `texts` the prediction and reference too."""
         columns = [f"i.{c}" for c in ITEM_COLUMNS if texts or c != "prediction"]
         reference, join = (", t.reference", " LEFT JOIN item_texts t USING (item_id)") if texts else ("", "")
-        return self._query_items(
+        return self._query_later_tables(
             f"SELECT {', '.join(columns)}{reference} FROM items i{join} WHERE list_contains(?, i.run_id) "
             "AND (? IS NULL OR i.split = ?) ORDER BY i.run_id, i.split, i.item_id",
             [list(run_ids), split, split])
@@ -481,7 +502,7 @@ class Store:
         """The item outcomes of the matrix's done runs of `task` on one split, with each run's
         model, method, seed and learning rate and each item's input and reference."""
         axes_sql, axes_params = _axes_filter(models, None, None)
-        return self._query_items(
+        return self._query_later_tables(
             "SELECT r.model, r.method, r.seed, r.run_id, "
             "TRY_CAST(json_extract(r.config, '$.method_options.lr') AS DOUBLE) AS lr, "
             "i.metric, i.item_id, i.value, i.prediction, i.confidence, t.input, t.reference "
@@ -494,7 +515,7 @@ class Store:
     def model_task_items(self, model: str, task: str, split: str) -> pd.DataFrame:
         """Item outcomes of every done run of this model and task (any matrix): method, seed,
         run_id, item_id, value."""
-        return self._query_items(
+        return self._query_later_tables(
             "SELECT r.method, r.seed, r.run_id, i.item_id, i.value FROM runs r JOIN items i USING (run_id) "
             "WHERE r.model = ? AND r.task = ? AND r.status = 'done' AND i.split = ?",
             [model, task, split])
@@ -514,7 +535,7 @@ class Store:
         if not keys:
             return pd.DataFrame()
         columns = [list(column) for column in zip(*keys)]
-        return self._query_items(
+        return self._query_later_tables(
             "WITH k AS (SELECT unnest(?::VARCHAR[]) AS run_id, unnest(?::VARCHAR[]) AS model_ref, "
             "unnest(?::VARCHAR[]) AS probe, unnest(?::VARCHAR[]) AS config_hash) "
             "SELECT k.run_id, k.probe, b.metric, b.higher_is_better, i.item_id, i.value, i.weight, "
@@ -527,7 +548,7 @@ class Store:
 
     def item_texts(self, item_ids: list[str]) -> pd.DataFrame:
         """Input and reference of each item id."""
-        return self._query_items("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",
+        return self._query_later_tables("SELECT item_id, input, reference FROM item_texts WHERE list_contains(?, item_id)",
                           [list(item_ids)])
 
     def run(self, run_id: str) -> dict | None:
@@ -553,7 +574,7 @@ class Store:
         """The checkpoint scores of the matrix's done runs of `task` (harness.checkpoints): model,
         method, seed, run_id, step, fraction, kind, name, split, value, stderr, in step order."""
         axes_sql, axes_params = _axes_filter(models, methods, None)
-        return self._query_items(
+        return self._query_later_tables(
             "SELECT r.model, r.method, r.seed, r.run_id, t.step, t.fraction, t.kind, t.name, t.split, t.value, "
             "t.stderr FROM runs r JOIN matrix_runs x USING (run_id) JOIN trajectory t USING (run_id) "
             f"WHERE x.matrix = ? AND r.task = ? AND r.status = 'done'{axes_sql} "
@@ -563,7 +584,7 @@ class Store:
     def weight_updates(self, run_id: str) -> pd.DataFrame:
         """What training changed in the run's weights, one row per matrix or added parameter
         (harness.updates), in model order."""
-        return self._query_items(
+        return self._query_later_tables(
             f"SELECT {', '.join(UPDATE_COLUMNS)} FROM weight_updates WHERE run_id = ? ORDER BY rowid", [run_id])
 
     def probe_scores(self, run_id: str) -> pd.DataFrame:

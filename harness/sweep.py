@@ -12,8 +12,14 @@ What a sweep runs again: pending, failed (unless `retry_failed=False`) and inter
 runs left `running` by a sweep that was killed; never done or skipped ones (unless forced). A
 run whose finished record.json is on disk but not in the store (the sweep died between the two
 writes) is taken from the file, not redone. One sweep at a time per store: a lock file beside
-the store (`<store>.sweep.lock`, released by the kernel even on kill -9) makes a second one
-refuse with the first's pid.
+the store (`<store>.sweep.lock`, named after the store's real path, released by the kernel even
+on kill -9) makes a second one refuse with the first's pid.
+
+No finished result is lost to a write that fails (`_Keeper`): a record.json that cannot be
+written still leaves the result in the store (the summary names the file); a store held by
+another process makes the sweep wait, saying so; a forced re-run of a done run that does not
+end done is kept beside the done result (attempt.json, the store's attempts) instead of
+replacing it.
 
 Ctrl-C or SIGTERM: the runs in flight are stopped and marked `interrupted`, then the sweep
 raises KeyboardInterrupt (`Interrupted`); signals that arrive while a record is being written
@@ -29,7 +35,9 @@ import os
 import secrets
 import signal
 import socket
+import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -37,7 +45,7 @@ from typing import Callable, Iterable
 from harness import catalog, probes, records, runner, tasks
 from harness.executors import Job, LocalExecutor
 from harness.matrix import Matrix, MatrixError, RunSpec
-from harness.store import Store
+from harness.store import Store, StoreBusy, StoreError
 
 
 class SweepError(RuntimeError):
@@ -70,6 +78,8 @@ class SweepSummary:
     problems: dict[str, str] = field(default_factory=dict)  # run_id -> "what: why" of failed and skipped runs
     stale: list[str] = field(default_factory=list)  # `running` from a sweep that died: redone
     recovered: list[str] = field(default_factory=list)  # finished record.json taken into the store
+    unsaved: dict[str, str] = field(default_factory=dict)  # run_id -> "file: why" of a record file not written
+    kept: list[str] = field(default_factory=list)  # forced re-runs that failed: the done result stays
     executor: str = ""
 
 
@@ -91,7 +101,9 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     results_dir = Path(results_dir).resolve()
     with SweepLock(store.path, matrix.name):
-        summary, todo = _plan(matrix, store, results_dir, sweep_id, forced, retry_failed)
+        summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs))
+        keeper = _Keeper(store, results_dir, summary, echo)
+        todo = _plan(matrix, keeper, forced, retry_failed)
         extra = [f"{len(summary.recovered)} recovered from record.json" if summary.recovered else "",
                  f"{len(summary.stale)} left running by a sweep that died (redone)" if summary.stale else "",
                  f"{len(summary.not_retried)} failed, not retried" if summary.not_retried else ""]
@@ -99,6 +111,7 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
              f"{summary.already_finished} already finished, {len(todo)} to run"
              + "".join(f", {e}" for e in extra if e))
         if todo:
+            _check_writable(results_dir / records.RUNS_DIR)
             executor.open()
             try:
                 summary.executor = executor.describe()
@@ -109,7 +122,7 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
                 job = Job(sweep=sweep_id, results_dir=str(results_dir), progress=progress, cwd=os.getcwd(),
                           baselines=known)
                 try:
-                    _execute(todo, job, executor, store, summary, echo)
+                    _execute(todo, job, executor, keeper)
                 finally:
                     probes.clear_handoff(sweep_id)
             finally:
@@ -118,7 +131,25 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
          f"{len(summary.not_applicable)} not applicable, {summary.already_finished} already finished")
     for run_id, problem in summary.problems.items():
         echo(f"sweep {sweep_id}: {'failed' if run_id in summary.failed else 'skipped'}: {problem} (run {run_id})")
+    for run_id in summary.kept:
+        echo(f"sweep {sweep_id}: run {run_id} keeps its earlier done result: the forced re-run did not end done "
+             f"(kept beside it as {records.ATTEMPT_FILE}; `harness status` shows it)")
+    for run_id, problem in summary.unsaved.items():
+        echo(f"sweep {sweep_id}: not written: {problem} (run {run_id}): its result is in the store only, so "
+             f"`harness ingest` cannot rebuild it from the records")
     return summary
+
+
+def _check_writable(folder: Path) -> None:
+    """The run folders' parent must take files (records, artifacts), or the sweep stops before
+    any run starts. (The store's folder took the sweep lock already.)"""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise SweepError(f"cannot write into {folder} ({err.strerror or err}): the sweep keeps each run's "
+                         f"record.json there. Make it writable, or give the sweep a store in a writable folder "
+                         f"with --db (run folders go beside the store)") from None
 
 
 def _warn_if_not_locked(echo: Callable[[str], None]) -> None:
@@ -132,19 +163,20 @@ def _warn_if_not_locked(echo: Callable[[str], None]) -> None:
              f"(`pip install -r {provenance.LOCK_FILE.name} -e .` installs the tested set).")
 
 
-def _plan(matrix: Matrix, store: Store, results_dir: Path, sweep_id: str, forced: set[str],
-          retry_failed: bool) -> tuple[SweepSummary, list[RunSpec]]:
+def _plan(matrix: Matrix, keeper: _Keeper, forced: set[str], retry_failed: bool) -> list[RunSpec]:
     """Which runs to execute, from the store's states (and finished record.json files)."""
-    statuses = store.statuses(r.run_id for r in matrix.runs)
-    summary = SweepSummary(sweep=sweep_id, total=len(matrix.runs))
+    statuses = keeper.store.statuses(r.run_id for r in matrix.runs)
+    summary = keeper.summary
     todo, kept = [], []
     for spec in matrix.runs:
         state = statuses.get(spec.run_id)
         if spec.run_id in forced:
             todo.append(spec)
+            if state == "done" or getattr(_record_on_disk(spec, keeper.results_dir), "status", None) == "done":
+                keeper.protected.add(spec.run_id)
         elif state in records.FINISHED:
             kept.append(spec.run_id)
-        elif _recover(spec, store, results_dir):
+        elif _recover(spec, keeper):
             summary.recovered.append(spec.run_id)
             kept.append(spec.run_id)
         elif state == "failed" and not retry_failed:
@@ -156,28 +188,92 @@ def _plan(matrix: Matrix, store: Store, results_dir: Path, sweep_id: str, forced
             todo.append(spec)
     summary.already_finished = len(kept) - len(summary.not_retried)
     if kept:
-        store.link_runs(matrix.name, kept)
-    return summary, todo
+        keeper.patiently(keeper.store.link_runs, matrix.name, kept)
+    return todo
 
 
-def _recover(spec: RunSpec, store: Store, results_dir: Path) -> bool:
+def _record_on_disk(spec: RunSpec, results_dir: Path) -> records.RunRecord | None:
+    try:
+        record = records.read(run_dir(results_dir, spec.run_id) / records.RECORD_FILE)
+    except records.RecordError:
+        return None
+    return record if record.run_id == spec.run_id else None
+
+
+def _recover(spec: RunSpec, keeper: _Keeper) -> bool:
     """A finished record.json of this run that the store lacks (the sweep that wrote it died
     before the store write): store it instead of redoing the run."""
-    path = run_dir(results_dir, spec.run_id) / records.RECORD_FILE
-    try:
-        record = records.read(path)
-    except records.RecordError:
+    record = _record_on_disk(spec, keeper.results_dir)
+    if record is None or record.status not in records.FINISHED:
         return False
-    if record.run_id != spec.run_id or record.status not in records.FINISHED:
-        return False
-    store.write_record(record)
-    probes.store_baselines(store, record)
+    keeper.to_store(record)
     return True
 
 
-def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSummary,
-             echo: Callable[[str], None]) -> None:
-    results_dir = Path(job.results_dir)
+class _Keeper:
+    """Keeps what runs report, record.json first, then the store, so that no finished result is
+    lost when one of them fails:
+    - a record.json that cannot be written (permissions, a read-only disk, a folder in the way):
+      the result still goes to the store, and the summary names the file (`unsaved`);
+    - a store held by another process (a reader, an ingest): the sweep waits, saying so every
+      `Store.lock_wait_s`, with the finished results safe in their record.json meanwhile;
+    - a forced re-run of a done run (`protected`) replaces that result only with a new done one:
+      otherwise it is kept beside it (attempt.json, the store's attempts) and the run stays done."""
+
+    def __init__(self, store: Store, results_dir: Path, summary: SweepSummary, echo: Callable[[str], None]):
+        self.store, self.results_dir, self.summary, self.echo = store, results_dir, summary, echo
+        self.protected: set[str] = set()
+
+    def replaces(self, record: records.RunRecord) -> bool:
+        return record.status == "done" or record.run_id not in self.protected
+
+    def started(self, record: records.RunRecord) -> None:
+        if record.run_id not in self.protected:  # a done result stays as it is while it is re-run
+            self.patiently(self.store.write_record, record)
+
+    def to_file(self, record: records.RunRecord) -> bool:
+        """record.json (attempt.json for a re-run that does not replace a done result); False,
+        with the file named in the summary, if it cannot be written."""
+        folder = run_dir(self.results_dir, record.run_id)
+        name = records.RECORD_FILE if self.replaces(record) else records.ATTEMPT_FILE
+        try:
+            records.write_atomic(record, folder, name)
+            if name == records.RECORD_FILE:
+                (folder / records.ATTEMPT_FILE).unlink(missing_ok=True)  # superseded by this outcome
+        except OSError as err:
+            self.summary.unsaved[record.run_id] = f"{folder / name}: {err.strerror or err}"
+            self.echo(f"warning: cannot write {folder / name} ({err.strerror or err}): run {record.run_id}'s "
+                      f"result goes to the store only")
+            return False
+        return True
+
+    def to_store(self, record: records.RunRecord, baselines: dict | None = None, *, wait: bool = True) -> None:
+        def write(function, *args):
+            return self.patiently(function, *args) if wait else function(*args)
+
+        if self.replaces(record):
+            write(self.store.write_record, record)
+        else:
+            write(self.store.write_attempts, [record])
+            self.summary.kept.append(record.run_id)
+        write(probes.store_baselines, self.store, record, baselines)
+
+    def patiently(self, write: Callable, *args):
+        """`write(*args)`, waiting for as long as another process holds the store."""
+        waited = 0.0
+        while True:
+            start = time.monotonic()
+            try:
+                return write(*args)
+            except StoreBusy:
+                waited += time.monotonic() - start
+                self.echo(f"waiting for the store {self.store.path}: another process (`harness status`, the "
+                          f"dashboard, an ingest) has held it for {waited:.0f} s; finished runs are safe in their "
+                          f"record.json meanwhile")
+
+
+def _execute(todo: list[RunSpec], job, executor, keeper: _Keeper) -> None:
+    summary, echo = keeper.summary, keeper.echo
     inflight: dict[str, records.RunRecord] = {}  # run_id -> its `running` record
     position: dict[str, int] = {}
     counter = itertools.count(1)
@@ -187,9 +283,8 @@ def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSum
         def started(spec: RunSpec, where: str) -> None:
             record = runner.new_record(spec, job.sweep, status="running")
             record.started_at = runner.now()
-            with signals.critical():
-                store.write_record(record)
-                inflight[spec.run_id] = record
+            inflight[spec.run_id] = record
+            keeper.started(record)
             position[spec.run_id] = next(counter)
             echo(f"[{position[spec.run_id]}/{n}] {describe(spec)}  run {spec.run_id} ({where})")
 
@@ -197,10 +292,12 @@ def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSum
             with contextlib.closing(executor.run(todo, job, started)) as finished:
                 for spec, record in finished:
                     with signals.critical():
-                        records.write_atomic(record, run_dir(results_dir, spec.run_id))
-                        store.write_record(record)
-                        probes.store_baselines(store, record, job.baselines)
+                        on_disk = keeper.to_file(record)
                         inflight.pop(spec.run_id, None)
+                    # a signal may stop the store write once record.json holds the result (the next
+                    # sweep takes it from there), not while the store is to hold its only copy
+                    with contextlib.nullcontext() if on_disk else signals.critical():
+                        keeper.to_store(record, job.baselines)
                     bucket = {"done": summary.done, "skipped": summary.not_applicable}.get(record.status, summary.failed)
                     bucket.append(spec.run_id)
                     if record.status in ("failed", "skipped"):
@@ -212,8 +309,12 @@ def _execute(todo: list[RunSpec], job, executor, store: Store, summary: SweepSum
                 for run_id, record in list(inflight.items()):
                     record.status, record.finished_at = "interrupted", runner.now()
                     record.error = f"interrupted by {signal.Signals(interrupted.signum).name} before it finished"
-                    records.write_atomic(record, run_dir(results_dir, run_id))
-                    store.write_record(record)
+                    keeper.to_file(record)
+                    try:
+                        keeper.to_store(record, wait=False)
+                    except StoreError as store_error:
+                        echo(f"run {run_id} is not marked interrupted in the store ({store_error}): the next sweep "
+                             f"redoes it")
                     summary.interrupted.append(run_id)
                     inflight.pop(run_id)
             interrupted.summary = summary

@@ -416,3 +416,147 @@ def test_a_symlinked_store_path_shares_the_sweep_lock(tiny_matrix, tmp_path, cap
             assert err.startswith(f"error: {alias} is in use by another sweep (pid {os.getpid()} on "), err
     assert sorted(p.name for p in real.parent.iterdir()) == ["h.duckdb", "h.duckdb.sweep.lock"]
     assert real.stat().st_size == 0  # nothing was written into the store
+
+
+# ----------------------------------------------------------------------------- writes that fail
+
+def test_a_record_that_cannot_be_written_still_reaches_the_store_and_the_sweep_goes_on(stubbed, monkeypatch):
+    """Reproduction: a run's record.json could not be written (a folder in the way, no
+    permission): the error escaped after training, the run stayed `running` and the later runs
+    never started. Expected: the result is in the store, the sweep runs the rest, and its
+    summary names each file it could not write (exit status 3)."""
+    import errno
+
+    from harness import files
+
+    loaded, store, results, ids, executed = stubbed
+    (results / "runs" / ids[1] / "record.json").mkdir(parents=True)  # a folder in the way
+    write = files.write_text_atomic
+
+    def refuse(target, text):  # as on a read-only or permission-less folder (root ignores chmod)
+        if ids[2] in str(target):
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        return write(target, text)
+
+    monkeypatch.setattr(files, "write_text_atomic", refuse)
+    lines: list[str] = []
+    summary = sweep(loaded, store, results, progress=False, echo=lines.append,
+                    executor=executors.LocalExecutor(in_process=True))
+    assert executed == [ids[1], ids[2], ids[3]] and summary.done == executed
+    assert states(store.path) == {ids[0]: "done", ids[1]: "done", ids[2]: "done", ids[3]: "done", ids[4]: "skipped"}
+    for run_id in ids[1:4]:
+        assert store.metrics(run_id)["value"].tolist() == [0.5]
+    assert records.read(results / "runs" / ids[3] / "record.json").status == "done"
+    assert summary.unsaved == {ids[1]: f"{results / 'runs' / ids[1] / 'record.json'}: Is a directory",
+                               ids[2]: f"{results / 'runs' / ids[2] / 'record.json'}: Permission denied"}
+    assert f"sweep {summary.sweep}: not written: {summary.unsaved[ids[1]]} (run {ids[1]}): its result is in the " \
+           "store only" in "\n".join(lines)
+    assert cli._sweep_exit_code(summary, strict=False) == 3
+
+
+def test_a_results_folder_that_takes_no_files_stops_the_sweep_before_any_run(tiny_matrix, tmp_path, capsys):
+    """Reproduction: a read-only results folder gave OSError tracebacks. Expected: one clear line
+    naming the folder before any run starts."""
+    results = tmp_path / "res"
+    results.mkdir()
+    (results / "runs").write_text("a file where the run folders go")
+    cases = [results]
+    if os.geteuid() != 0:  # root writes anywhere: the file in the way stands for it there
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(0o555)
+        cases.append(readonly)
+    for folder in cases:
+        assert cli.main(["sweep", str(tiny_matrix), "--db", str(folder / "h.duckdb"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write into {folder / 'runs'} (") and "Traceback" not in err, err
+        assert "give the sweep a store in a writable folder with --db" in err
+        assert not (folder / "h.duckdb").exists()  # nothing ran, nothing was stored
+
+
+def test_a_failing_forced_rerun_keeps_the_done_result(stubbed, monkeypatch, tmp_path, capsys):
+    """Reproduction: `--force` on a done run whose re-run failed replaced the done record.json and
+    store rows with the failure. Expected: the done result stays (file and rows) until a new one
+    is done; the failed (or interrupted) attempt is kept beside it, and `harness status` says so."""
+    loaded, store, results, ids, executed = stubbed
+    run_stubbed(loaded, store, results)  # every run done, accuracy 0.5
+    run_id = ids[1]
+    record_path = results / "runs" / run_id / "record.json"
+    good = record_path.read_text()
+    outcome = {"status": "failed"}
+    stub = runner.execute
+
+    def rerun(spec, **kwargs):
+        if outcome["status"] == "interrupt":
+            raise KeyboardInterrupt
+        record = stub(spec, **kwargs)
+        record.status = outcome["status"]
+        if record.status == "failed":
+            record.metrics, record.error = [], "RuntimeError: CUDA error: out of memory"
+        else:
+            record.metrics[0]["value"] = 0.75
+        return record
+
+    monkeypatch.setattr(runner, "execute", rerun)
+    summary = run_stubbed(loaded, store, results, force=[run_id])
+    assert summary.failed == [run_id] and summary.kept == [run_id]
+    assert states(store.path)[run_id] == "done" and store.metrics(run_id)["value"].tolist() == [0.5]
+    assert record_path.read_text() == good
+    attempt = records.read(record_path.with_name("attempt.json"))
+    assert (attempt.status, attempt.error) == ("failed", "RuntimeError: CUDA error: out of memory")
+    assert store.attempts()[["run_id", "status"]].values.tolist() == [[run_id, "failed"]]
+    assert cli.main(["status", "--db", str(store.path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("4 done, 1 skipped, 1 with a failed re-run (their done results kept)")
+    line = next(line for line in out.splitlines() if run_id in line)
+    assert "done" in line and "(re-run failed at " in line and "RuntimeError: CUDA error: out of memory; the done " \
+           "result is kept, the attempt is in " in line
+
+    rebuilt = tmp_path / "rebuilt.duckdb"  # the records rebuild the attempt too
+    assert cli.main(["ingest", str(results / "runs"), "--db", str(rebuilt)]) == 0
+    assert Store(rebuilt).attempts()["run_id"].tolist() == [run_id]
+    assert Store(rebuilt).statuses([run_id]) == {run_id: "done"}
+
+    outcome["status"] = "interrupt"  # Ctrl-C during the re-run: the done result stays too
+    with pytest.raises(KeyboardInterrupt):
+        run_stubbed(loaded, store, results, force=[run_id])
+    assert states(store.path)[run_id] == "done" and record_path.read_text() == good
+    assert records.read(record_path.with_name("attempt.json")).status == "interrupted"
+    assert store.attempts()["status"].tolist() == ["interrupted"]
+
+    outcome["status"] = "done"  # a new done result replaces the old one and the attempt
+    summary = run_stubbed(loaded, store, results, force=[run_id])
+    assert summary.done == [run_id] and not summary.kept
+    assert store.metrics(run_id)["value"].tolist() == [0.75] and store.attempts().empty
+    assert records.read(record_path).metrics[0]["value"] == 0.75 and not record_path.with_name("attempt.json").exists()
+
+
+def test_a_sweep_waits_for_a_store_held_by_another_reader(stubbed, monkeypatch):
+    """Reproduction: another process holding the store for longer than 30 s (a reader, the
+    dashboard) made a running sweep abort with StoreBusy. Expected: the sweep waits, saying so,
+    with the finished run already in its record.json meanwhile, then stores it and goes on."""
+    loaded, store, results, ids, executed = stubbed
+    monkeypatch.setattr(Store, "lock_wait_s", 0.5)
+    holder_code = ("import duckdb, os, sys, time; con = duckdb.connect(sys.argv[1], read_only=True); "
+                   "print('held', flush=True); time.sleep(2.5); print(os.path.exists(sys.argv[2]), flush=True)")
+    holder: list[subprocess.Popen] = []
+    stub = runner.execute
+
+    def execute_then_hold(spec, **kwargs):  # the first run finishes while another process reads
+        record = stub(spec, **kwargs)
+        if not holder:
+            holder.append(subprocess.Popen(
+                [sys.executable, "-c", holder_code, str(store.path), str(results / "runs" / spec.run_id / "record.json")],
+                stdout=subprocess.PIPE, text=True))
+            assert holder[0].stdout.readline().strip() == "held"
+        return record
+
+    monkeypatch.setattr(runner, "execute", execute_then_hold)
+    lines: list[str] = []
+    summary = sweep(loaded, store, results, progress=False, echo=lines.append,
+                    executor=executors.LocalExecutor(in_process=True))
+    out, _ = holder[0].communicate(timeout=WAIT_S)
+    assert out.strip() == "True"  # the record was on disk while the sweep waited for the store
+    waiting = [line for line in lines if line.startswith(f"waiting for the store {store.path}: another process")]
+    assert waiting and "finished runs are safe in their record.json meanwhile" in waiting[0]
+    assert summary.done == [ids[1], ids[2], ids[3]]
+    assert states(store.path) == {ids[0]: "done", ids[1]: "done", ids[2]: "done", ids[3]: "done", ids[4]: "skipped"}
