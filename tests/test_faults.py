@@ -473,6 +473,31 @@ def test_a_results_folder_that_takes_no_files_stops_the_sweep_before_any_run(tin
         assert not (folder / "h.duckdb").exists()  # nothing ran, nothing was stored
 
 
+def read_only_mount_works() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "sh", "-c", "mount --bind / /mnt && mount -o remount,bind,ro /mnt"],
+                              capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not read_only_mount_works(), reason="needs `unshare -m` and bind mounts (root)")
+def test_a_read_only_results_filesystem_is_a_clear_error(tiny_matrix, tmp_path):
+    """The same on a real read-only filesystem (a read-only bind mount in a private mount
+    namespace): the store's folder, or only its runs/ folder."""
+    for mounted in ("res", "res/runs"):
+        target = tmp_path / mounted
+        target.mkdir(parents=True, exist_ok=True)
+        db = tmp_path / "res" / "h.duckdb"
+        script = (f"mount --bind {target} {target} && mount -o remount,bind,ro {target} && "
+                  f"exec {sys.executable} -m harness.cli sweep {tiny_matrix} --db {db} --quiet")
+        done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=WAIT_S,
+                              cwd=ROOT)
+        folder = "res/h.duckdb.sweep.lock" if mounted == "res" else "res/runs"
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert f"{tmp_path / folder}" in done.stderr and "Read-only file system" in done.stderr, done.stderr
+
+
 def test_a_failing_forced_rerun_keeps_the_done_result(stubbed, monkeypatch, tmp_path, capsys):
     """Reproduction: `--force` on a done run whose re-run failed replaced the done record.json and
     store rows with the failure. Expected: the done result stays (file and rows) until a new one
