@@ -301,11 +301,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from harness.store import Store
+    from harness.store import ExportIncomplete, Store
 
     out = Path(args.out) if args.out else Path(args.db).parent / "leaderboards"
-    for path in Store(args.db).export(out, matrix=args.matrix):
-        print(path)
+    try:
+        written = Store(args.db).export(out, matrix=args.matrix)
+    except ExportIncomplete as err:
+        print("\n".join(map(str, err.written)))
+        print("\n".join(f"error: {line}" for line in err.skipped), file=sys.stderr)
+        return EXIT_SOME_FAILED
+    print("\n".join(map(str, written)))
     return 0
 
 

@@ -1,14 +1,55 @@
 """Files written so that a reader never sees half of them: staged folders renamed into place,
-atomic file writes, sha256 of a file, and an inter-process lock. Stdlib only."""
+atomic file writes, sha256 of a file, and an inter-process lock; and `inside`, the one way a
+file name taken from data (a matrix name, a task, a run id) becomes a path. Stdlib only."""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
+
+# Names that become file names (matrix names, and so the leaderboard CSVs): letters, digits and
+# . _ + -, starting with a letter or digit (no hidden files, nothing read as an option), at most
+# NAME_MAX characters. So no separator, no NUL, no "..", and the same name on every filesystem.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+NAME_MAX = 100
+SAFE_NAME_RULE = (f"letters, digits and . _ + - only, starting with a letter or digit, at most {NAME_MAX} "
+                  "characters")
+
+
+class UnsafePath(ValueError):
+    """A name taken from data would not stay a plain file name inside its folder."""
+
+
+def name_problem(name: object) -> str | None:
+    """None when `name` is safe as a file name (SAFE_NAME), else what is wrong with it."""
+    if not isinstance(name, str):
+        return f"a name must be a string (got {type(name).__name__})"
+    if len(name) > NAME_MAX or not SAFE_NAME.fullmatch(name):
+        return f"{name[:NAME_MAX]!r} is not a safe name: use {SAFE_NAME_RULE}"
+    return None
+
+
+def inside(folder: Path, name: str) -> Path:
+    """folder/name, for a `name` taken from data: refused (UnsafePath) unless it is a safe name
+    (SAFE_NAME) and the path, symlinks resolved, is directly inside `folder`. Every path the
+    harness derives from data goes through here."""
+    problem = name_problem(name)
+    if problem:
+        raise UnsafePath(problem)
+    folder = Path(folder)
+    path = folder / name
+    try:
+        escapes = path.resolve().parent != folder.resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+        raise UnsafePath(f"{str(path)!r} cannot be resolved ({err})") from None
+    if escapes:
+        raise UnsafePath(f"{str(path)!r} leads outside {str(folder)!r} (a symlink)")
+    return path
 
 
 @contextlib.contextmanager

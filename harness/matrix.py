@@ -12,6 +12,7 @@ declarations and their error wording.
 from __future__ import annotations
 
 import math
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness import catalog, methods, probes, provenance, tasks
+from harness import catalog, files, messages, methods, probes, provenance, tasks
 from harness.registry import entry_problem, split_entry
 
 AXES = ("model", "method", "task", "seed")
@@ -122,7 +123,8 @@ class Override(Selector):
 class MatrixFile(Strict):
     """The YAML file's top level."""
 
-    name: str | None = Field(None, description="matrix name (default: the file's stem)")
+    name: str | None = Field(None, description="matrix name (default: the file's stem); it names the leaderboard "
+                             f"files, so: {files.SAFE_NAME_RULE}")
     description: str = ""
     models: list[str] = Field(min_length=1, description="catalog names, hf:org/name, or local paths")
     methods: list[str | dict[str, dict[str, Any] | None]] = Field(
@@ -267,19 +269,93 @@ def load(path: str | Path) -> Matrix:
     return parse(raw, source=str(path), base_dir=path.resolve().parent, default_name=path.stem)
 
 
+MAX_MATRIX_BYTES = 1 << 20  # a matrix file is a few kilobytes; a bigger one is not a matrix
+MAX_YAML_VALUES = 100_000  # values in the document once YAML aliases are followed (a bomb expands to billions)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise MatrixError([f"{path}: not a regular file (a folder, a pipe or a device)"])
+        if info.st_size > MAX_MATRIX_BYTES:
+            raise MatrixError([f"{path}: {info.st_size:,} bytes is too large for a matrix file (at most "
+                               f"{MAX_MATRIX_BYTES:,})"])
         text = path.read_text()
     except FileNotFoundError:
         raise MatrixError([f"{path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as err:
         raise MatrixError([f"{path}: cannot read the file ({err})"]) from None
     try:
-        return yaml.safe_load(text)
+        return _parse_yaml(text)
     except yaml.YAMLError as err:
-        raise MatrixError([f"{path}: not valid YAML: {err}"]) from None
+        raise MatrixError([f"{path}: not valid YAML: {messages.cut(str(err))}"]) from None
+    except (ValueError, OverflowError) as err:  # a scalar YAML reads but Python cannot hold (a 5,000-digit int)
+        raise MatrixError([f"{path}: not valid YAML: {messages.cut(str(err))}"]) from None
     except RecursionError:
         raise MatrixError([f"{path}: not a matrix: lists or mappings nested too deeply"]) from None
+
+
+class _MatrixLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (YAML keeps the last one
+    silently, so `lr` set twice would quietly drop one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = (key_node.tag, key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+            if key in seen and key_node.value != "<<":  # `<<` merge keys may repeat
+                raise yaml.YAMLError(f"line {key_node.start_mark.line + 1}: the key {messages.quote(key_node.value)} "
+                                     f"is given twice in the mapping that starts on line {node.start_mark.line + 1}")
+            if key is not None:
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str) -> Any:
+    """One YAML document through _MatrixLoader, refused before it is built when its aliases
+    expand it beyond MAX_YAML_VALUES values or refer to themselves."""
+    loader = _MatrixLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size > MAX_YAML_VALUES:
+            raise yaml.YAMLError(f"the document holds {size:,} values once its aliases (*name) are expanded; a "
+                                 f"matrix holds at most {MAX_YAML_VALUES:,}")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values the node graph holds with every alias followed (a node reached twice
+    counts twice), computed on the graph, without expanding it; a cycle is refused."""
+    def children(node):
+        if isinstance(node, yaml.SequenceNode):
+            return node.value
+        if isinstance(node, yaml.MappingNode):
+            return [part for pair in node.value for part in pair]
+        return []
+
+    size: dict[int, int] = {}
+    stack = [(root, False)]
+    visiting = set()
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in size:
+            continue
+        if ready:
+            size[id(node)] = 1 + sum(size[id(child)] for child in children(node))
+            continue
+        if id(node) in visiting:
+            raise yaml.YAMLError(f"line {node.start_mark.line + 1}: an alias refers to the list or mapping that "
+                                 "contains it (a value that never ends)")
+        visiting.add(id(node))
+        stack.append((node, True))
+        stack.extend((child, False) for child in children(node) if id(child) not in size)
+    return size[id(root)]
 
 
 class _Problems(list):
@@ -290,7 +366,7 @@ class _Problems(list):
         self.source = source
 
     def add(self, where: str, what: str) -> None:
-        line = f"{self.source}: {where}: {what}"
+        line = f"{self.source}: {where}: {messages.cut(what)}"
         if line not in self:
             self.append(line)
 
@@ -325,10 +401,13 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
         for i, rule in enumerate(rules):
             _check_selector(rule, f"{section}[{i}]", axes, problems)
     trusted = _trusted_models(top, problems)
+    name = top.name if top.name is not None else default_name
+    name_problem = files.name_problem(name)
+    if name_problem:  # it names the leaderboard files
+        problems.add("name" if top.name is not None else "name (not set: the file's name)", name_problem)
     if problems:
         raise MatrixError(problems)
 
-    name = top.name or default_name
     runs = []
     for model in top.models:
         for method, method_opts, method_path in method_entries:
@@ -364,7 +443,7 @@ def _trusted_models(top: MatrixFile, problems: _Problems) -> set[str]:
         return set()
     for i, ref in enumerate(top.trust_remote_code):
         if ref not in top.models:
-            problems.add(f"trust_remote_code[{i}]", f"{ref!r} is not one of the matrix's models")
+            problems.add(f"trust_remote_code[{i}]", f"{messages.quote(ref)} is not one of the matrix's models")
     return set(top.trust_remote_code)
 
 
@@ -380,7 +459,7 @@ def _check_duplicates(values: list, where: str, problems: _Problems) -> None:
     seen = set()
     for i, value in enumerate(values):
         if value in seen:
-            problems.add(f"{where}[{i}]", f"duplicate entry {value!r}")
+            problems.add(f"{where}[{i}]", f"duplicate entry {messages.quote(value)}")
         seen.add(value)
 
 
@@ -397,7 +476,7 @@ def _named_entries(entries, where: str, registry: dict, problems: _Problems) -> 
         if name not in registry:
             problems.add(f"{where}[{i}]", registry.unknown(name))
         elif name in seen:
-            problems.add(f"{where}[{i}]", f"duplicate {kind} {name!r}")
+            problems.add(f"{where}[{i}]", f"duplicate {kind} {messages.quote(name)}")
         else:
             out.append((name, options, f"{where}[{i}].{name}"))
         seen.add(name)
@@ -408,8 +487,8 @@ def _check_selector(rule: Selector, where: str, axes: dict[str, list], problems:
     for axis in AXES:
         value = getattr(rule, axis)
         if value is not None and value not in axes[axis]:
-            choices = ", ".join(map(str, axes[axis]))
-            problems.add(f"{where}.{axis}", f"{value!r} is not one of the matrix's {axis}s ({choices})")
+            choices = messages.cut(", ".join(map(str, axes[axis])))
+            problems.add(f"{where}.{axis}", f"{messages.quote(value)} is not one of the matrix's {axis}s ({choices})")
 
 
 def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems: _Problems, *,
@@ -482,9 +561,9 @@ def _check_numbers(values: dict, origin: dict, default_path: str, problems: _Pro
         if isinstance(value, bool):
             return None
         if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number (got {value!r})"
+            return f"must be a finite number (got {messages.quote(value)})"
         if isinstance(value, int) and abs(value) > MAX_INT:
-            return f"is too large (got {value!r}; at most {MAX_INT})"
+            return f"is too large (got {messages.quote(value)}; at most {MAX_INT})"
         if isinstance(value, (list, tuple)):
             return next((b for b in map(bad, value) if b), None)
         if isinstance(value, dict):
@@ -504,7 +583,7 @@ def _lr_variants(values: dict, origin: dict, default_path: str, problems: _Probl
         return [values]
     if not lrs or len(set(map(str, lrs))) != len(lrs):
         problems.add(f"{origin.get('lr', default_path)}.lr", f"a list of learning rates must be non-empty "
-                     f"and without duplicates (got {lrs!r})")
+                     f"and without duplicates (got {messages.quote(lrs)})")
         return []
     return [{**values, "lr": lr} for lr in lrs]
 
@@ -534,7 +613,7 @@ def _pydantic_problems(err: ValidationError, origin: dict | None = None, default
         elif e["type"] == "missing":
             what = "required field is missing"
         elif "input" in e:
-            what = f"{what} (got {e['input']!r})"
+            what = f"{what} (got {messages.quote(e['input'])})"
         out.append((where, what))
     return out
 

@@ -156,8 +156,8 @@ class RunRecord:
 
 
 def run_dir(results_dir: str | Path, run_id: str) -> Path:
-    """The run's folder under a results folder."""
-    return Path(results_dir) / RUNS_DIR / run_id
+    """The run's folder under a results folder (a run_id from a record cannot lead elsewhere)."""
+    return files.inside(Path(results_dir) / RUNS_DIR, run_id)
 
 
 def write_atomic(record: RunRecord, run_dir: Path, name: str = RECORD_FILE) -> Path:

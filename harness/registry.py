@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Any, Generic, Iterable, TypeVar
 
+from harness.messages import quote
+
 T = TypeVar("T")
 
 
@@ -38,7 +40,7 @@ class Registry(dict, Generic[T]):
     def unknown(self, name: Any) -> str:
         """`unknown <kind> 'x': expected one of a, b, c (did you mean 'y'?)`."""
         hint = self.suggestion(name)
-        return (f"unknown {self.kind} {name!r}: expected one of {', '.join(self)}"
+        return (f"unknown {self.kind} {quote(name)}: expected one of {', '.join(self)}"
                 + (f" (did you mean {hint!r}?)" if hint else ""))
 
 
@@ -55,5 +57,5 @@ def split_entry(entry: Any) -> tuple[Any, Any] | None:
 
 def entry_problem(entry: Any, kind: str) -> str:
     """Why `entry` is neither a name nor one name with its options."""
-    got = f"got keys {sorted(map(str, entry))}" if isinstance(entry, dict) else f"got {entry!r}"
+    got = f"got keys {quote(sorted(map(str, entry)))}" if isinstance(entry, dict) else f"got {quote(entry)}"
     return f"expected a {kind} name, or one {kind} name with its options ({got})"

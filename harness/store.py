@@ -17,11 +17,12 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import duckdb
 import pandas as pd
 
+from harness import files
 from harness import leaderboard as boards
 from harness.records import DEFAULT_STORE, RUNS_DIR, RunRecord
 
@@ -75,6 +76,14 @@ RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "
 
 class StoreError(RuntimeError):
     pass
+
+
+class ExportIncomplete(StoreError):
+    """`export` wrote `written` but skipped what `skipped` names (names unsafe as file names)."""
+
+    def __init__(self, written: list[Path], skipped: list[str]):
+        self.written, self.skipped = written, skipped
+        super().__init__("\n".join(skipped))
 
 
 class StoreBusy(StoreError):
@@ -627,26 +636,51 @@ class Store:
     def export(self, out_dir: Path, matrix: str | None = None) -> list[Path]:
         """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), <matrix>_<task>_tuning.csv
         where a method tried several learning rates, <matrix>_<task>_trajectory.csv where runs were
-        probed during training, and runs.csv (long)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for m in [matrix] if matrix else self.matrices():
-            for task in self.tasks(m):
-                board = self.leaderboard(m, task)
-                path = out_dir / f"{m}_{task}.csv"
-                board.to_csv(path, index=False)
-                written.append(path)
-                budget = self.tuning_budget(m, task)
-                if len(budget):
-                    budget.to_csv(out_dir / f"{m}_{task}_tuning.csv", index=False)
-                    written.append(out_dir / f"{m}_{task}_tuning.csv")
-                trajectory = self.trajectories(m, task)
-                if len(trajectory):
-                    trajectory.to_csv(out_dir / f"{m}_{task}_trajectory.csv", index=False)
-                    written.append(out_dir / f"{m}_{task}_trajectory.csv")
-        runs_path = out_dir / (f"{matrix}_runs.csv" if matrix else "runs.csv")
-        self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]).to_csv(runs_path, index=False)
-        return written + [runs_path]
+        probed during training, and runs.csv (long). Each file name goes
+        through files.inside: a matrix or task whose name is unsafe as a file name (a store can
+        hold one from another machine's records) is skipped, every other file is written, and
+        then ExportIncomplete names what was skipped."""
+        out_dir = Path(out_dir)
+        known = self.matrices()
+        if matrix is not None and matrix not in known:
+            raise StoreError(f"no matrix {matrix!r} in {self.path} (it holds: {', '.join(map(repr, known)) or 'none'})")
+        written, skipped = [], []
+
+        def write(name: str, table: Callable[[], pd.DataFrame], what: str) -> bool:
+            try:
+                path = files.inside(out_dir, name)
+            except files.UnsafePath as err:
+                skipped.append(f"{what}: not written: {err}")
+                return False
+            frame = table()
+            if frame.empty and name.endswith(("_tuning.csv", "_trajectory.csv")):
+                return False  # only where a method tried several learning rates, or runs had checkpoints
+            files.write_text_atomic(path, frame.to_csv(index=False))
+            written.append(path)
+            return True
+
+        try:
+            _make_folder(out_dir)
+            for m in [matrix] if matrix else known:
+                for task in self.tasks(m):
+                    what = f"matrix {m[:files.NAME_MAX]!r}, task {task[:files.NAME_MAX]!r}"
+                    if write(f"{m}_{task}.csv", lambda: self.leaderboard(m, task), what):
+                        write(f"{m}_{task}_tuning.csv", lambda: self.tuning_budget(m, task), what)
+                        write(f"{m}_{task}_trajectory.csv", lambda: self.trajectories(m, task), what)
+            write(f"{matrix}_runs.csv" if matrix else "runs.csv",
+                  lambda: self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]), "the runs table")
+        except OSError as err:
+            raise StoreError(f"cannot write the CSVs into {out_dir}: {err.strerror or err}"
+                             + (f" ({err.filename})" if err.filename else "")) from None
+        if skipped:
+            raise ExportIncomplete(written, skipped)
+        return written
+
+
+def _make_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise StoreError(f"cannot write the CSVs into {folder}: it is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
 
 
 def _axes_filter(models, methods, sweeps) -> tuple[str, list]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import string
 
 import pytest
@@ -238,3 +239,177 @@ def test_remote_code_reaches_the_loaders(tmp_path):
         assert models.family(str(folder)) == "encoder"
     with pytest.raises(ValueError, match="trust_remote_code"):
         models.family(str(folder))  # back off after the block
+
+
+# ----------------------------------------------------------------------------- names that become paths
+
+UNSAFE_NAMES = ["../../escape", "/tmp/abs", "a/b", "x\x00y", "..", ".hidden", "-rf", "sp ace", "é", "a" * 101, ""]
+
+
+def every_file(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_a_matrix_name_unsafe_as_a_file_name_is_refused(tmp_path, tiny_models, tiny_dataset, name):
+    doc = {**valid_matrix(tiny_models, tiny_dataset), "name": name}
+    with pytest.raises(matrix.MatrixError, match=r"m: name: .* is not a safe name: use letters, digits"):
+        matrix.parse(doc, source="m", base_dir=tmp_path, default_name="m")
+
+
+def test_a_file_stem_unsafe_as_a_name_asks_for_a_name(tmp_path, tiny_models, tiny_dataset):
+    path = tmp_path / "my matrix.yaml"
+    path.write_text(yaml.safe_dump(valid_matrix(tiny_models, tiny_dataset) | {"name": None}))
+    with pytest.raises(matrix.MatrixError, match=r"name \(not set: the file's name\): 'my matrix' is not a safe"):
+        matrix.load(path)
+    assert matrix.parse(valid_matrix(tiny_models, tiny_dataset), source="m", base_dir=tmp_path,
+                        default_name="x").name == "fuzz"
+
+
+def test_export_writes_only_inside_its_folder_and_names_what_it_skips(tmp_path, capsys):
+    """Names from another machine's records (through ingest) reach the store unvalidated: export
+    skips each unsafe one, naming it, writes every other file, and nothing lands outside."""
+    from harness.store import Store
+    from tests.test_store import make_record
+
+    root = tmp_path / "root"
+    db = root / "results" / "h.duckdb"
+    store = Store(db)
+    names = ["good", "../../escape", "a/b", "x\x00y", "..", ".hidden"]
+    for i, name in enumerate(names):
+        store.write_record(make_record(f"r{i}", matrix=name))
+        store.link_runs(name, [f"r{i}"])
+    planted = root / "results" / "leaderboards" / "planted_sentiment.csv"
+    planted.parent.mkdir(parents=True)
+    planted.symlink_to(tmp_path / "outside.csv")  # a symlink that leads out of the folder
+    store.write_record(make_record("r9", matrix="planted"))
+    store.link_runs("planted", ["r9"])
+    before = every_file(tmp_path)
+
+    assert cli.main(["export", "--db", str(db)]) == cli.EXIT_SOME_FAILED
+    out, err = capsys.readouterr()
+    new = every_file(tmp_path) - before
+    assert new == {"root/results/leaderboards/good_sentiment.csv", "root/results/leaderboards/runs.csv"}, new
+    assert out.split() == [str(root / "results" / "leaderboards" / n) for n in ("good_sentiment.csv", "runs.csv")]
+    for name in names[1:] + ["planted"]:
+        assert f"error: matrix {name!r}, task 'sentiment': not written: " in err, (name, err)
+    assert "leads outside" in err and "Traceback" not in err
+    assert not (tmp_path / "outside.csv").exists()
+
+
+def test_export_to_a_file_or_a_read_only_folder_and_unknown_matrices_are_clear_errors(tmp_path, capsys):
+    from harness.store import Store
+    from tests.test_store import make_record
+
+    db = tmp_path / "results" / "h.duckdb"
+    Store(db).write_record(make_record("r1"))
+    Store(db).link_runs("mx", ["r1"])
+    a_file = tmp_path / "taken.csv"
+    a_file.write_text("keep me")
+    assert cli.main(["export", "--db", str(db), "--out", str(a_file)]) == 2
+    assert capsys.readouterr().err == f"error: cannot write the CSVs into {a_file}: it is a file, not a folder\n"
+    assert a_file.read_text() == "keep me"
+
+    assert cli.main(["export", "--db", str(db), "--out", str(a_file / "boards")]) == 2  # OSError: not a folder
+    assert capsys.readouterr().err.startswith(f"error: cannot write the CSVs into {a_file / 'boards'}: Not a directory")
+
+    assert cli.main(["export", "--db", str(db), "--matrix", "nope"]) == 2
+    assert capsys.readouterr().err == f"error: no matrix 'nope' in {db} (it holds: 'mx')\n"
+
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        assert cli.main(["export", "--db", str(db), "--out", str(locked / "boards")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: cannot write the CSVs into {locked / 'boards'}: Permission denied"), err
+        assert cli.main(["export", "--db", str(db), "--out", str(locked)]) == 2
+        assert "Permission denied" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- YAML bombs, duplicate keys, special files
+
+def bomb(levels: int, width: int = 9) -> str:
+    """A few hundred bytes whose nested aliases expand to width**levels values, in an option."""
+    lines = ["models: [minilm-l6]", "tasks: [sentiment]", "methods:", "  - lora:",
+             f"      target_modules: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"      dropout{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels)]
+    lines += [f"      r: [{', '.join([f'*a{levels - 1}'] * width)}]"]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_bomb_is_refused_at_once_and_messages_quote_little(tmp_path, capsys):
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb(8))
+    assert len(path.read_bytes()) < 1000
+    start = time.perf_counter()
+    assert cli.main(["validate", str(path)]) == 2
+    assert time.perf_counter() - start < 2
+    err = capsys.readouterr().err
+    found = re.fullmatch(rf"error: {re.escape(str(path))}: not valid YAML: the document holds ([\d,]+) values once "
+                         rf"its aliases \(\*name\) are expanded; a matrix holds at most 100,000\n", err)
+    assert found and int(found[1].replace(",", "")) > 9**9, err  # r alone holds 9 x 9**8 strings
+    path.write_text(bomb(4))  # under the limit (6,643 values): read, and the bad value is quoted short
+    assert cli.main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "methods[0].lora.r: Input should be a valid integer (got [[[[...], [...]," in err
+    assert max(map(len, err.splitlines())) < 4 * 200 + len(str(path)) + 50
+    path.write_text("models: &a [minilm-l6, *a]\nmethods: [base]\ntasks: [sentiment]\n")
+    assert cli.main(["validate", str(path)]) == 2
+    assert "line 1: an alias refers to the list or mapping that contains it" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, where", [
+    ("models: [minilm-l6]\nmethods: [base]\ntasks: [sentiment]\nmodels: [smollm2-135m]\n", "line 4: the key 'models'"),
+    ("models: [minilm-l6]\nmethods: [{lora: {r: 4, lr: 1.0e-3, r: 8}}]\ntasks: [sentiment]\n", "line 2: the key 'r'"),
+    ("models: [minilm-l6]\nmethods: [base]\ntasks: [sentiment]\ntraining:\n  epochs: 1\n  epochs: 2\n",
+     "line 6: the key 'epochs'"),
+])
+def test_a_key_given_twice_is_an_error_not_last_wins(tmp_path, capsys, text, where):
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    assert cli.main(["validate", str(path)]) == 2
+    assert f"error: {path}: not valid YAML: {where} is given twice in the mapping that starts on line" in \
+        capsys.readouterr().err
+
+
+def test_merge_keys_and_modest_anchors_still_work(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("models: [minilm-l6]\nmethods: [base, {lora: &opts {r: 4}}, {qlora: {<<: *opts, bits: 4}}]\n"
+                    "tasks: [sentiment]\n")
+    assert {s.method: s.method_options["r"] for s in matrix.load(path).runs if s.method != "base"} == \
+        {"lora": 4, "qlora": 4}
+
+
+def special_files(root):
+    """A symlink loop, a FIFO, a folder, a device, a huge number: as matrices, models, datasets."""
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    os.mkfifo(root / "fifo")
+    (root / "folder.yaml").mkdir()
+    return {"loop": root / "loop-a", "fifo": root / "fifo", "folder": root / "folder.yaml", "device": "/dev/zero"}
+
+
+def test_special_files_as_matrix_model_or_dataset_give_clear_errors_without_hanging(tmp_path, capsys):
+    files = special_files(tmp_path)
+    expected = {
+        "loop": "Too many levels of symbolic links", "fifo": "not a regular file", "folder": "not a regular file",
+        "device": "not a regular file"}
+    for kind, path in files.items():  # the matrix file itself
+        assert cli.main(["validate", str(path)]) == 2
+        assert expected[kind] in capsys.readouterr().err, kind
+    as_ref = {"loop": "cannot be used (a symlink loop)", "fifo": "is not a regular file or folder (a pipe",
+              "device": "is not a regular file or folder (a pipe"}
+    for kind, what in as_ref.items():
+        for field, text in (("models[0]", f"models: ['{files[kind]}']\nmethods: [base]\ntasks: [sentiment]\n"),
+                            ("tasks[0].sentiment.dataset", f"models: [minilm-l6]\nmethods: [base]\n"
+                             f"tasks: [{{sentiment: {{dataset: '{files[kind]}'}}}}]\n")):
+            path = tmp_path / f"{kind}.yaml"
+            path.write_text(text)
+            assert cli.main(["validate", str(path)]) == 2
+            assert capsys.readouterr().err.startswith(f"error: {path}: {field}: local path "), (kind, field)
+    path.write_text("models: [minilm-l6]\nmethods: [base]\ntasks: [{sentiment: {train_size: " + "9" * 5000 + "}}]\n")
+    assert cli.main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {path}: not valid YAML: Exceeds the limit")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 from harness.catalog import fetch
 from harness.catalog.entries import CATALOG, AssetError
+from harness.messages import quote
 
 HUB_PREFIX = "hf:"
 
@@ -34,17 +36,24 @@ def check_ref(ref: str, kind: str, base_dir: Path | None = None) -> str | None:
     """None if `ref` can name a `kind` asset, else what is wrong with it (no I/O beyond stat,
     a local model's config.json and one byte of a local file)."""
     if is_hub_ref(ref):
-        return None if len(ref) > len(HUB_PREFIX) else f"empty hub id {ref!r}"
+        return None if len(ref) > len(HUB_PREFIX) else f"empty hub id {quote(ref)}"
     if ref in CATALOG:
         found = CATALOG[ref].kind
-        return None if found == kind else f"{ref!r} is a {found} in the catalog, not a {kind}"
+        return None if found == kind else f"{quote(ref)} is a {found} in the catalog, not a {kind}"
     if looks_like_path(ref):
-        path = _local_path(ref, base_dir)
-        if not path.exists():
+        try:
+            path = _local_path(ref, base_dir)
+            mode = path.stat().st_mode
+        except FileNotFoundError:
             return f"local path {str(path)!r} does not exist"
+        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+            why = "a symlink loop" if isinstance(err, RuntimeError) else (err.strerror or str(err))
+            return f"local path {quote(ref)} cannot be used ({why})"
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # reading a pipe or a device never ends
+            return f"local path {str(path)!r} is not a regular file or folder (a pipe, a device or a socket)"
         return _check_local_model(path) if kind == "model" else _check_local_file(path)
     names = ", ".join(sorted(n for n, a in CATALOG.items() if a.kind == kind))
-    return f"unknown {kind} {ref!r}: expected a catalog name ({names}), 'hf:org/name' or a local path"
+    return f"unknown {kind} {quote(ref)}: expected a catalog name ({names}), 'hf:org/name' or a local path"
 
 
 def _check_local_model(path: Path) -> str | None:

@@ -176,8 +176,8 @@ def baselines_for(ctx: ProbeRun, configs: list[ProbeConfig], hashes: dict, folde
     if len(found) < len(configs):
         key = provenance.stable_hash([ctx.model_ref, sorted(hashes.items())], separators=provenance.JSON_DEFAULT)
         locks = catalog.cache_dir() / "locks"
-        handoff = locks / f"probe-baseline-{key}-{ctx.sweep or 'nosweep'}.json"
-        with files.file_lock(locks / f"probe-baseline-{key}.lock"):
+        handoff = files.inside(locks, f"probe-baseline-{key}-{ctx.sweep or 'nosweep'}.json")
+        with files.file_lock(files.inside(locks, f"probe-baseline-{key}.lock")):
             found.update(from_known(_read_handoff(handoff)))  # a parallel run may have computed them
             missing = [c for c in configs if c.name not in found]
             scorer = untrained_scorer() if missing else None

@@ -13,6 +13,7 @@ from harness.probes import data
 from harness.probes.data import ProbeError  # noqa: F401 (raised by the probe room)
 from harness.probes.options import (BuiltinOptions, ChoiceOptions, FeatureOptions, MMLUOptions, TextOptions,
                                     YesNoOptions)
+from harness.messages import quote
 from harness.registry import Registry, entry_problem, split_entry
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "lm_eval_tasks"
@@ -89,10 +90,10 @@ def get(name: str) -> Probe:
 
 
 def unknown_probe_message(name: str) -> str:
-    hint = f" (if {name!r} is one of lm-eval's own tasks: {BUILTIN_PREFIX}{name})" if isinstance(name, str) and name \
+    hint = f" (if {quote(name)} is one of lm-eval's own tasks: {BUILTIN_PREFIX}{name})" if isinstance(name, str) and name \
         and not name.startswith(BUILTIN_PREFIX) else ""
     close = PROBES.suggestion(name)
-    return (f"unknown probe {name!r}: expected one of {', '.join(PROBES)}, "
+    return (f"unknown probe {quote(name)}: expected one of {', '.join(PROBES)}, "
             f"or {BUILTIN_PREFIX}<task> for a built-in lm-eval task{hint}"
             + (f"; did you mean {close!r}?" if close else ""))
 
@@ -137,11 +138,11 @@ def parse_entries(entries: list) -> tuple[list[dict], list[tuple[str, str]]]:
             problems.append((where, unknown_probe_message(name)))
             continue
         if name in seen:
-            problems.append((where, f"duplicate probe {name!r}"))
+            problems.append((where, f"duplicate probe {quote(name)}"))
             continue
         seen.add(name)
         if not isinstance(options, dict):
-            problems.append((f"{where}.{name}", f"expected a mapping of options (got {options!r})"))
+            problems.append((f"{where}.{name}", f"expected a mapping of options (got {quote(options)})"))
             continue
         try:
             values = probe.Options.model_validate(options)
@@ -150,7 +151,7 @@ def parse_entries(entries: list) -> tuple[list[dict], list[tuple[str, str]]]:
                 field = ".".join(str(x) for x in e["loc"])
                 what = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
                 if e["type"] != "extra_forbidden" and "input" in e:
-                    what += f" (got {e['input']!r})"
+                    what += f" (got {quote(e['input'])})"
                 problems.append((f"{where}.{name}" + (f".{field}" if field else ""), what))
             continue
         resolved.append(ProbeConfig(name, values).to_dict())
