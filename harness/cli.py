@@ -370,6 +370,11 @@ def cmd_ingest(args) -> int:
     from harness.store import Store
 
     roots = [Path(p) for p in args.paths] or [Path(args.db).parent / "runs"]
+    missing = [str(root) for root in roots if not (root.is_file() or root.is_dir())]
+    if missing:
+        print(f"error: {', '.join(missing)}: no such file or folder (expected record.json files, or folders "
+              "holding them)", file=sys.stderr)
+        return 2
     files, attempt_files = [], []
     for root in roots:
         files += [root] if root.is_file() else sorted(root.rglob(records.RECORD_FILE))

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness import catalog, files, messages, methods, probes, provenance, tasks
 from harness.registry import entry_problem, split_entry
+from harness.schema import Schema
 
 AXES = ("model", "method", "task", "seed")
 
@@ -34,7 +35,7 @@ class MatrixError(ValueError):
         super().__init__("\n".join(problems))
 
 
-class Strict(BaseModel):
+class Strict(Schema):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 

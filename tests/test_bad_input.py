@@ -413,3 +413,64 @@ def test_special_files_as_matrix_model_or_dataset_give_clear_errors_without_hang
     path.write_text("models: [minilm-l6]\nmethods: [base]\ntasks: [{sentiment: {train_size: " + "9" * 5000 + "}}]\n")
     assert cli.main(["validate", str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {path}: not valid YAML: Exceeds the limit")
+
+
+# ----------------------------------------------------------------------------- silently accepted before
+
+@pytest.mark.parametrize("path, value", [
+    (("seeds",), [True]), (("seeds",), [0, False]), (("training", "batch_size"), True),
+    (("training", "epochs"), True), (("training", "max_steps"), False), (("methods", 1, "lora", "r"), True),
+    (("methods", 1, "lora", "lr"), [True, 1.0e-3]), (("methods", 1, "lora", "alpha"), True),
+    (("tasks", 0, "sentiment", "train_size"), True), (("exclude",), [{"seed": False}]),
+    (("probes",), [{"mmlu": {"size": True}}]),
+])
+def test_a_boolean_where_a_number_belongs_is_an_error(tmp_path, tiny_models, tiny_dataset, path, value):
+    doc = put(valid_matrix(tiny_models, tiny_dataset), path, value)
+    with pytest.raises(matrix.MatrixError, match="expected a number, not a boolean") as err:
+        matrix.parse(doc, source="m", base_dir=tmp_path, default_name="m")
+    assert len(err.value.problems) == 1
+
+
+def test_booleans_where_booleans_belong_still_work(tmp_path, tiny_models, tiny_dataset):
+    doc = put(valid_matrix(tiny_models, tiny_dataset), ("methods", 1, "lora", "use_dora"), True)
+    doc["training"] |= {"group_by_length": True, "keep_artifact": False}
+    (spec,) = [s for s in matrix.parse(doc, source="m", base_dir=tmp_path, default_name="m").runs if s.method == "lora"]
+    assert spec.method_options["use_dora"] is True and spec.training["keep_artifact"] is False
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"label_names": ["pos", "neg", "pos"]}, "label_names must be distinct"),
+    ({"label_names": ["Positive", "positive "]}, "label_names must be distinct"),
+    ({"prompt": "Review: {text} by {author}\nSentiment:"}, "prompt names ['author'], but a sentiment prompt can"),
+    ({"prompt": "{text} {}"}, "prompt names [''], but"),
+    ({"prompt": "{text} {"}, "Single '{' encountered"),
+])
+def test_sentiment_options_that_cannot_work(tmp_path, tiny_models, tiny_dataset, options, expected):
+    doc = valid_matrix(tiny_models, tiny_dataset)
+    doc["tasks"][0]["sentiment"] |= options
+    with pytest.raises(matrix.MatrixError, match=re.escape(expected)):
+        matrix.parse(doc, source="m", base_dir=tmp_path, default_name="m")
+
+
+def test_a_lora_rank_beyond_the_layers_width_skips_the_run_saying_why(tmp_path, tiny_models, tiny_dataset):
+    """The tiny encoder's layers are 32 wide (64 in its feed-forward): r 33 cannot be a rank."""
+    from harness.store import Store
+
+    doc = valid_matrix(tiny_models, tiny_dataset)
+    doc["methods"] = [{"lora": {"r": 33, "lr": 1.0e-3}}]
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    db = tmp_path / "res" / "h.duckdb"
+    assert cli.main(["sweep", str(path), "--db", str(db), "--in-process", "--quiet", "--strict"]) == 1
+    (row,) = Store(db).runs().itertuples()
+    assert row.status == "skipped"
+    assert re.search(r"lora r 33 is larger than layer \S+'s width 32 \(32 inputs, \d+ outputs\), which bounds "
+                     r"the update's rank: choose r <= 32", row.error), row.error
+
+
+def test_ingest_of_a_missing_path_is_an_error(tmp_path, capsys):
+    db = tmp_path / "h.duckdb"
+    assert cli.main(["ingest", str(tmp_path / "nope"), "--db", str(db)]) == 2
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'}: no such file or folder (expected record.json "
+                                       "files, or folders holding them)\n")
+    assert not db.exists()

@@ -153,7 +153,7 @@ def test_training_batches_grouped_by_length_unless_turned_off(tiny_models, tmp_p
 
 def test_label_names_must_start_with_distinct_tokens(tiny_models):
     tokenizer = models.load_tokenizer(str(tiny_models["decoder"]), "decoder")
-    opts = task.Options(label_names=["positive", "positive"]).model_dump()
+    opts = task.Options(label_names=["qqqq", "zzzz"]).model_dump()  # both words are unknown: [UNK]
     with pytest.raises(ValueError, match="do not start with distinct tokens"):
         task.formulation("causal_lm", tokenizer, opts, TRAINING)
 

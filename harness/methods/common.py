@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from harness.schema import Schema
 
 
 class NotApplicable(ValueError):
     """The method cannot apply to this model or task: the run is skipped with this reason."""
 
 
-class MethodOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MethodOptions(Schema):
+    pass
 
 
 class TrainedOptions(MethodOptions):

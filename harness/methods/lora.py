@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, peft_task_type
+from harness.methods.common import NotApplicable, TrainedOptions, peft_task_type
 from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "lora"
@@ -38,5 +38,20 @@ def apply(model, options: dict, family: str, head: str):
         use_dora=options["use_dora"],
         task_type=peft_task_type(head),
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    _check_rank(model, options["r"])
+    return model
+
+
+def _check_rank(model, r: int) -> None:
+    """A rank-r update of a layer narrower than r still has rank at most its width: the extra
+    parameters train nothing, so such an r is refused (the run is skipped, saying why)."""
+    from peft.tuners.lora import LoraLayer
+
+    widths = [(min(m.in_features, m.out_features), name, m.in_features, m.out_features)
+              for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    width, name, n_in, n_out = min(widths, default=(r, "", 0, 0))
+    if r > width:
+        raise NotApplicable(f"lora r {r} is larger than layer {name}'s width {width} ({n_in} inputs, {n_out} "
+                            f"outputs), which bounds the update's rank: choose r <= {width}")
 

@@ -1,12 +1,12 @@
 """The probes' option schemas (pydantic): `harness schema` prints them as docs."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from harness.schema import Schema
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Options(Schema):
     batch_size: int = Field(16, gt=0, description="lm-eval batch size (scores can move slightly with it)")
 
 
@@ -40,10 +40,8 @@ class TextOptions(Options):
     chars: int = Field(1000, ge=100, description="characters per passage (cut at a line or sentence end)")
 
 
-class FeatureOptions(BaseModel):
+class FeatureOptions(Schema):
     """Frozen-feature linear probe: logistic regression on mean-pooled last hidden states."""
-
-    model_config = ConfigDict(extra="forbid")
 
     train_size: int = Field(200, ge=8, description="examples the logistic regression is fitted on (balanced)")
     test_size: int = Field(200, ge=8, description="examples it is scored on (balanced)")

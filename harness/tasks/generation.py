@@ -24,23 +24,22 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import string
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from harness import catalog
 from harness.items import Outcomes
+from harness.schema import Schema
 from harness.tasks import tables
+from harness.tasks.tables import template_fields
 
 SPLITS = tables.SPLITS
 
 
-class EvalSet(BaseModel):
+class EvalSet(Schema):
     """An extra test set scored after training (its metrics are stored under split=`name`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="catalog name, hf:org/name, or a csv/jsonl/parquet file")
     name: str | None = Field(None, description="split name in the store (default: the dataset's name)")
@@ -54,10 +53,8 @@ class EvalSet(BaseModel):
         return self.name or Path(self.dataset.removeprefix(catalog.HUB_PREFIX)).stem
 
 
-class Options(BaseModel):
+class Options(Schema):
     """Text-to-text task options (each task module sets its own defaults)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field(description="catalog name, hf:org/name, or a csv/jsonl/parquet file")
     input_column: str = Field("input", description="column with the source text (files and hub data)")
@@ -96,10 +93,6 @@ class Options(BaseModel):
         if clash:
             raise ValueError(f"eval_datasets names {sorted(clash)} repeat or clash with {SPLITS}: set `name`")
         return self
-
-
-def template_fields(template: str) -> set[str]:
-    return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
 def head_for(family: str) -> str:

@@ -19,11 +19,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from harness import catalog
 from harness.items import Outcomes
+from harness.schema import Schema
 from harness.tasks import tables
+from harness.tasks.tables import template_fields
 
 NAME = "sentiment"
 PRIMARY_METRIC = "accuracy"
@@ -34,10 +36,8 @@ SPLITS = ("train", "validation", "test")
 SCORED_POSITIONS = 1  # decoders: the LM's logits are computed at the last position only (harness.plan)
 
 
-class Options(BaseModel):
+class Options(Schema):
     """Binary sentiment classification (any labelled text works, see label_names)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: str = Field("rotten_tomatoes", description="catalog name, hf:org/name, or a csv/jsonl/parquet file")
     text_column: str = Field("text", description="column with the input text (files and hub data)")
@@ -62,8 +62,15 @@ class Options(BaseModel):
     def _check(self):
         if self.test_fraction + self.val_fraction >= 1:
             raise ValueError("test_fraction + val_fraction must leave room for a train split")
-        if "{text}" not in self.prompt:
+        fields = template_fields(self.prompt)
+        if "text" not in fields:
             raise ValueError("prompt must contain {text}")
+        if fields != {"text"}:
+            raise ValueError(f"prompt names {sorted(fields - {'text'})}, but a sentiment prompt can name only {{text}} "
+                             "(write {{ and }} for literal braces)")
+        folded = [name.strip().lower() for name in self.label_names]
+        if len(set(folded)) < len(folded):  # labels are matched case-insensitively
+            raise ValueError(f"label_names must be distinct (ignoring case and spaces; got {self.label_names})")
         return self
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import string
 from pathlib import Path
 
 SPLITS = ("train", "validation", "test")
@@ -26,6 +27,11 @@ def read_table(path: str, is_hub: bool):
     if suffix not in readers:
         raise ValueError(f"dataset {path}: expected a .csv, .jsonl, .json or .parquet file")
     return readers[suffix](path)
+
+
+def template_fields(template: str) -> set[str]:
+    """The fields a str.format template names ('' for a positional {}); ValueError on unbalanced braces."""
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
 
 
 def split_of(group: str, test_fraction: float, val_fraction: float, seed: int) -> str:
