@@ -474,3 +474,43 @@ def test_ingest_of_a_missing_path_is_an_error(tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: {tmp_path / 'nope'}: no such file or folder (expected record.json "
                                        "files, or folders holding them)\n")
     assert not db.exists()
+
+
+# ----------------------------------------------------------------------------- evaluation-only data never trains
+
+EVAL_ONLY = ["mmlu", "bigbench-probes", "xsum", "multiemo_en_es", "hamlet", "wiki_demo"]
+
+
+@pytest.mark.parametrize("dataset", EVAL_ONLY)
+@pytest.mark.parametrize("task", ["sentiment", "summarization"])
+def test_no_task_trains_on_evaluation_only_data(tmp_path, tiny_models, dataset, task):
+    from harness import catalog
+
+    doc = {"models": [str(tiny_models["decoder"])], "methods": ["base", {"lora": {"lr": 1.0e-3}}],
+           "tasks": [{task: {"dataset": dataset}}]}
+    with pytest.raises(matrix.MatrixError) as err:
+        matrix.parse(doc, source="m", base_dir=tmp_path, default_name="m")
+    (problem,) = err.value.problems
+    assert problem.startswith(f"m: tasks[0].{task}.dataset: {dataset!r} is evaluation-only (")
+    assert problem.endswith("(method lora trains)")
+    assert catalog.eval_only_reason(dataset) in problem
+    assert len(matrix.parse({**doc, "methods": ["base"]}, source="m", base_dir=tmp_path, default_name="m").runs) == 1
+
+
+def test_every_probes_data_is_evaluation_only_and_so_is_its_cache(tmp_path, monkeypatch):
+    """Training on a probe's data would hide the forgetting it measures; a path into the cached
+    files of an evaluation-only entry, or into the probes' prepared items, is that data too."""
+    from harness import catalog, probes, tasks
+
+    assert {p.asset for p in probes.PROBES.values() if p.asset} <= {n for n, a in catalog.CATALOG.items() if a.eval_only}
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path / "cache"))
+    mmlu = catalog.entry_dir("mmlu") / "mmlu.jsonl"
+    prepared = catalog.cache_dir() / "probes" / "strategyqa-0123" / "data.jsonl"
+    for path in (mmlu, prepared):
+        path.parent.mkdir(parents=True)
+        path.write_text('{"text": "q", "label": 0}\n')
+        found = tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)}, True, tmp_path)
+        assert [field for field, _ in found] == ["dataset"] and "is evaluation-only" in found[0][1], found
+        assert tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)}, False, tmp_path) == []
+    (tmp_path / "mine.csv").write_text("text,label\n")
+    assert catalog.eval_only_reason("mine.csv", tmp_path) is None and catalog.eval_only_reason("rotten_tomatoes") is None

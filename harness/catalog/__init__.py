@@ -13,11 +13,11 @@ descriptions, resolving), fetch.py (cache, download, verify, extract, manifests)
 sword.py (build steps). Only the standard library is imported here: ``harness --help`` and
 ``harness plan`` stay fast.
 """
-from harness.catalog.entries import (BIGBENCH_CANARY, CATALOG, Asset, AssetError, DebSource, PipSource, Source,
-                                     eval_only_reason)
+from harness.catalog.entries import BIGBENCH_CANARY, CATALOG, Asset, AssetError, DebSource, PipSource, Source
 from harness.catalog.fetch import (CACHE_ENV, MANIFEST, archive_path, cache_dir, entry_dir, entry_is_valid,
                                    extract_members, fetch_archive, pull, read_ar, status)
-from harness.catalog.refs import HUB_PREFIX, check_ref, describe_ref, is_hub_ref, looks_like_path, resolve
+from harness.catalog.refs import (HUB_PREFIX, check_ref, describe_ref, eval_only_reason, is_hub_ref, looks_like_path,
+                                  resolve)
 
 __all__ = [
     "BIGBENCH_CANARY", "CACHE_ENV", "CATALOG", "HUB_PREFIX", "MANIFEST", "Asset", "AssetError", "DebSource",

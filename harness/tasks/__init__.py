@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from harness import catalog
+from harness.messages import quote
 from harness.registry import Registry
 
 
@@ -82,9 +84,18 @@ def higher_is_better(task: str | None, metric: str) -> bool:
 
 
 def check_options(task: Task, options: dict, method, base_dir: Path) -> list[tuple[str, str]]:
-    """The task's problems with a run's options and method (a harness.methods.MethodInfo)."""
+    """(field, problem) for a run's task options and method (a harness.methods.MethodInfo),
+    before anything runs: for every task, training on evaluation-only data
+    (catalog.eval_only_reason); then the task's own check_options."""
+    problems = []
+    trains = method.trains
+    reason = catalog.eval_only_reason(options["dataset"], base_dir) if trains and "dataset" in options else None
+    if reason:
+        elsewhere = "through eval_datasets, or " if "eval_datasets" in options else ""
+        problems.append(("dataset", f"{quote(options['dataset'])} is evaluation-only ({reason}): it cannot be "
+                                    f"training data; score it {elsewhere}with the untrained `base` method"))
     check = getattr(task, "check_options", None)
-    return check(options, method, base_dir) if check else []
+    return problems + (check(options, method, base_dir) if check else [])
 
 
 REGISTRY: Registry[Task] = Registry("task")

@@ -104,15 +104,10 @@ def head_for(family: str) -> str:
 
 
 def check_options(options: dict, method, base_dir: Path) -> list[tuple[str, str]]:
-    """(field, problem) for options that cannot work, found before anything runs: training on an
-    evaluation-only dataset, and eval_datasets that do not resolve. `method`: the run's
-    harness.methods.MethodInfo."""
+    """(field, problem) for options that cannot work, found before anything runs: eval_datasets
+    that do not resolve (training on evaluation-only data is refused for every task, by
+    tasks.check_options). `method`: the run's harness.methods.MethodInfo."""
     problems = []
-    reason = catalog.eval_only_reason(options["dataset"])
-    if method.trains and reason:
-        problems.append(("dataset", (f"{options['dataset']!r} is evaluation-only ({reason}): it cannot be "
-                                     "training data; score it through eval_datasets, or with the untrained "
-                                     "`base` method")))
     for i, extra in enumerate(options["eval_datasets"]):
         problem = catalog.check_ref(extra["dataset"], "dataset", base_dir)
         if problem:
