@@ -4,8 +4,9 @@
 
 Reads the store through harness.store queries only, over one read-only connection per page
 render (so a page shows one consistent state of the store). While a sweep holds the file for a
-write, the page waits a moment and retries instead of failing. Listens on 127.0.0.1 only (see
-.streamlit/config.toml).
+write, the page waits a moment and retries instead of failing. Listens on 127.0.0.1 only, from
+whatever folder it is started: dashboard/.streamlit/config.toml sits beside this script, where
+Streamlit reads it (a project-level .streamlit/ is read from the current folder only).
 """
 from __future__ import annotations
 

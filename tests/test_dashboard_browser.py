@@ -1,5 +1,5 @@
-"""The dashboard for real: `streamlit run dashboard/app.py` with the project's config listens on
-127.0.0.1 only, and headless Chromium (Debian's chromium + chromium-driver, driven by selenium)
+"""The dashboard for real: `streamlit run .../dashboard/app.py` started from another folder, with
+the app's own config, listens on 127.0.0.1 only, and headless Chromium (Debian's chromium + chromium-driver, driven by selenium)
 shows the store's leaderboard rows. Screenshots go to results/screenshots/ (git-ignored)."""
 from __future__ import annotations
 
@@ -45,14 +45,19 @@ def store(tmp_path_factory) -> Store:
 
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
-    """`streamlit run dashboard/app.py` from the project root (so .streamlit/config.toml applies:
-    no --server.address here), on a free port; yields its URL once /_stcore/health answers."""
+    """`streamlit run /path/to/dashboard/app.py` started from another folder, with a HOME of its
+    own (so neither a project's nor a user's .streamlit/config.toml applies: only the app's own,
+    dashboard/.streamlit/), without --server.address, on a free port; yields its URL and process
+    once /_stcore/health answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = {**os.environ, "HARNESS_DB": str(store.path)}
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    log = elsewhere / "streamlit.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}  # no option set from outside
+    env |= {"HARNESS_DB": str(store.path), "HOME": str(elsewhere)}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py",
-                                 "--server.port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+                                 "--server.port", str(port)], cwd=elsewhere, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -68,7 +73,7 @@ def server(store, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
             time.sleep(0.3)
-        yield url, proc
+        yield url, proc, log
     finally:
         proc.terminate()
         try:
@@ -78,12 +83,18 @@ def server(store, tmp_path_factory):
             proc.wait(timeout=15)
 
 
-def test_server_listens_on_localhost_only(server):
-    _, proc = server
+def test_started_from_another_folder_it_listens_on_localhost_only_without_usage_statistics(server):
+    """Streamlit reads .streamlit/config.toml from the current folder and from the script's own:
+    the config lives beside the app, so it applies however the dashboard is started (from any
+    other folder it used to bind every interface with usage statistics on)."""
+    _, proc, log = server
     processes = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     listening = {c.laddr.ip for p in processes  # psutil < 6 names it connections()
                  for c in getattr(p, "net_connections", p.connections)(kind="inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}
+    text = log.read_text()
+    assert "URL: http://127.0.0.1:" in text and "Network URL" not in text
+    assert "Collecting usage statistics" not in text
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +141,7 @@ def wait_for(condition, timeout_s: float, what: str):
 
 
 def test_leaderboard_renders_in_a_real_browser(server, browser, store):
-    url, _ = server
+    url, _, _ = server
     browser.get(url)
     expected = store.leaderboard("mx", "sentiment")
     rows = wait_for(lambda: [r for r in grid_rows(browser) if r] if len(grid_rows(browser)) >= len(expected) else None,
