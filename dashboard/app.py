@@ -19,6 +19,7 @@ import streamlit as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `dashboard` is not an installed package
 
 from dashboard import comparison, views  # noqa: E402
+from dashboard.plain import escape  # noqa: E402
 from harness.store import DEFAULT_DB, Store, StoreBusy, StoreError  # noqa: E402
 
 VIEWS = {
@@ -47,18 +48,18 @@ def main() -> None:
         views.busy(store.path)
     except StoreError as err:
         st.title("harness")
-        st.info(f"{err}\n\nThe dashboard reads `$HARNESS_DB` if set, else `{DEFAULT_DB}`.")
+        st.info(f"{escape(err)}\n\nThe dashboard reads `$HARNESS_DB` if set, else `{DEFAULT_DB}`.")
 
 
 def render(store: Store) -> None:
     matrices = store.matrices()
     if not matrices:
         st.title("harness")
-        st.info(f"The store {store.path} has no runs yet: run `harness sweep matrices/sentiment.yaml`.")
+        st.info(f"The store {escape(store.path)} has no runs yet: run `harness sweep matrices/sentiment.yaml`.")
         return
     view = st.sidebar.radio("view", list(VIEWS), key="view")
     filters = sidebar_filters(store, matrices)
-    st.sidebar.caption(f"store: `{store.path}`")
+    st.sidebar.caption(f"store: {escape(store.path)}")
     VIEWS[view](store, filters)
 
 

@@ -8,12 +8,13 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import views
+from dashboard.plain import escape
 from harness import comparisons, tasks
 from harness.store import Store
 
 
 def method_vs_method(store: Store, f) -> None:
-    st.header(f"Method vs method: {f.task}")
+    st.header(f"Method vs method: {escape(f.task)}")
     board = views.board_rows(store, f)
     board = board[board["status"].isin(["done", "partial"])] if "status" in board else board
     if board.empty:
@@ -22,13 +23,13 @@ def method_vs_method(store: Store, f) -> None:
     model = st.selectbox("model", list(dict.fromkeys(board["model"])))
     items = comparisons.chosen_runs(store.task_items(f.matrix, f.task, "test", models=[model]), board)
     if items["method"].nunique() < 2:
-        st.info(f"{model}: fewer than two methods have item-level outcomes (runs stored before this harness "
+        st.info(f"{escape(model)}: fewer than two methods have item-level outcomes (runs stored before this harness "
                 "kept them have none: `harness sweep --force` re-scores them).")
         return
     primary = tasks.REGISTRY[f.task].PRIMARY_METRIC if f.task in tasks.REGISTRY else "metric"
     pairs = comparisons.pairwise(items)
     st.altair_chart(difference_matrix(pairs, primary), width="stretch")
-    st.caption(f"Cell (row A, column B): A - B in test {items['metric'].iloc[0]} on the "
+    st.caption(f"Cell (row A, column B): A - B in test {escape(items['metric'].iloc[0])} on the "
                f"{items['item_id'].nunique()} items both scored, with its 95% interval. "
                f"{comparisons.METHOD_NOTE}. Coloured when significant at 0.05 after Holm's correction over "
                "the pairs shown; grey: the two are not distinguishable on these items.")
@@ -41,11 +42,12 @@ def method_vs_method(store: Store, f) -> None:
     if a == b:
         return
     result = comparisons.compare(items, a, b, metric=primary)
-    summary = (f"**{a} - {b}: {result['difference']:+.4f}** [{result['low']:+.4f}, {result['high']:+.4f}], "
+    a_, b_ = escape(a), escape(b)
+    summary = (f"**{a_} - {b_}: {result['difference']:+.4f}** [{result['low']:+.4f}, {result['high']:+.4f}], "
                f"p = {result['p_bootstrap']:.3g} ({result['method']}), n = {result['n_items']}")
     if "p_mcnemar" in result:
-        summary += (f"; McNemar exact p = {result['p_mcnemar']:.3g}: {a} right where {b} was wrong on "
-                    f"{result['gained']} items, wrong where {b} was right on {result['lost']}")
+        summary += (f"; McNemar exact p = {result['p_mcnemar']:.3g}: {a_} right where {b_} was wrong on "
+                    f"{result['gained']} items, wrong where {b_} was right on {result['lost']}")
     st.markdown(summary)
     st.dataframe(comparisons.disagreements(items, a, b), hide_index=True)
 

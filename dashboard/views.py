@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts
+from dashboard.plain import escape
 from harness import leaderboard as leaderboard_rows
 from harness import tasks
 from harness.records import STATES
@@ -62,10 +63,10 @@ def run_label(row) -> str:
 # ----------------------------------------------------------------------------- leaderboard
 
 def leaderboard(store: Store, f: Filters) -> None:
-    st.header(f"Leaderboard: {f.task}")
+    st.header(f"Leaderboard: {escape(f.task)}")
     board = board_rows(store, f)
     if board.empty:
-        st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet: "
+        st.info(f"No finished runs of {escape(f.task)} in matrix {escape(f.matrix)} match the filters yet: "
                 "see **Sweep status**, or run `harness sweep` on the matrix.")
         return
     left, right = st.columns([3, 1])
@@ -83,9 +84,9 @@ def leaderboard(store: Store, f: Filters) -> None:
                        "every row are hidden above, kept in the CSV's fixed schema)")
     unfinished = board[board["status"] != "done"] if "status" in board else board.iloc[:0]
     if len(unfinished):
-        st.warning("Not every cell has a result: " + "; ".join(
+        st.warning("Not every cell has a result: " + escape("; ".join(
             f"{r.model} x {r.method}: {r.status}" + (f" ({r.error})" if isinstance(r.error, str) else "")
-            for r in unfinished.itertuples()))
+            for r in unfinished.itertuples())))
     st.caption("One row per model x method: means over seeds, `_std` = standard deviation over seeds, "
                "`_ci95` = half-width of the mean's 95% confidence interval (t, n_seeds - 1 d.o.f.), "
                "`n_seeds` = finished runs. Test metrics are on the task's held-out test split.")
@@ -132,12 +133,12 @@ INTERVALS_NOTE = ("Error bars: 95% paired bootstrap intervals over test or probe
 
 
 def tradeoffs(store: Store, f: Filters) -> None:
-    st.header(f"Trade-offs: {f.task}")
+    st.header(f"Trade-offs: {escape(f.task)}")
     each_run = st.radio("points", POINTS, horizontal=True) == "each run"
     points = (store.run_table(f.matrix, f.task, **f.axes) if each_run
               else board_rows(store, f))
     if points.empty:
-        st.info(f"No finished runs of `{f.task}` in matrix `{f.matrix}` match the filters yet.")
+        st.info(f"No finished runs of {escape(f.task)} in matrix {escape(f.matrix)} match the filters yet.")
     else:
         left, mid, right = st.columns([2, 2, 1])
         x = left.selectbox("cost (x axis)", charts.cost_columns(points))
@@ -200,7 +201,7 @@ def trajectories(store: Store, f: Filters, trajectory: pd.DataFrame) -> None:
 def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str) -> None:
     points = points.dropna(subset=[x, y]) if len(points) else points
     if points.empty:
-        st.info(f"No point has both {x} and {y}.")
+        st.info(escape(f"No point has both {x} and {y}."))
         return
     points = points.assign(pareto=charts.pareto_by_model(points, x, y, task),
                            indistinguishable_from=charts.indistinguishable(points, x, y))
@@ -208,8 +209,8 @@ def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str
     with_bars = [c for c in (x, y) if charts.interval_columns(points, c)]
     st.caption(INTERVALS_NOTE if with_bars else "No intervals on these axes: each run alone, or no item outcomes.")
     for row in points[points["indistinguishable_from"] != ""].itertuples():
-        st.caption(f"{charts.short_model(row.model)} · {row.method}: its interval spans "
-                   f"{row.indistinguishable_from}, so this plot cannot order them.")
+        st.caption(escape(f"{charts.short_model(row.model)} · {row.method}: its interval spans "
+                          f"{row.indistinguishable_from}, so this plot cannot order them."))
     bounds = [c for column in (x, y) for c in (charts.interval_columns(points, column) or ())]
     shown = [c for c in ("model", "method", "seed", "n_seeds", "run_id", x, y, *bounds, "pareto",
                          "indistinguishable_from") if c in points.columns]
@@ -220,7 +221,7 @@ def _pareto_plot(points: pd.DataFrame, x: str, y: str, *, log_x: bool, task: str
 # ----------------------------------------------------------------------------- learning curves
 
 def learning_curves(store: Store, f: Filters) -> None:
-    st.header(f"Learning curves: {f.task}")
+    st.header(f"Learning curves: {escape(f.task)}")
     runs = store.run_states(f.matrix, task=f.task, **f.axes)
     runs = runs[runs["status"] == "done"]
     if runs.empty:
@@ -259,12 +260,12 @@ def run_detail(store: Store, f: Filters) -> None:
     labels = {r.run_id: run_label(r) for r in runs.itertuples()}
     run_id = st.selectbox("run (failures first)", list(labels), format_func=labels.get)
     run = store.run(run_id)
-    st.subheader(f"{run['model']} x {run['method']} x {run['task']}, seed {run['seed']}: {run['status']}")
-    st.caption(f"run {run_id}, sweep {run['sweep']}, host {run['host']}, "
-               f"started {run['started_at']}, finished {run['finished_at']}")
-    st.caption(provenance_line(run["versions"]))
+    st.subheader(escape(f"{run['model']} x {run['method']} x {run['task']}, seed {run['seed']}: {run['status']}"))
+    st.caption(escape(f"run {run_id}, sweep {run['sweep']}, host {run['host']}, "
+                      f"started {run['started_at']}, finished {run['finished_at']}"))
+    st.caption(escape(provenance_line(run["versions"])))
     if run["error"]:
-        st.error(run["error"])
+        st.error(escape(run["error"]))
     if run["traceback"]:
         st.code(run["traceback"], language="text")
     st.markdown("**Metrics** (stderr where the metric has one)")
@@ -320,7 +321,7 @@ def _samples(store: Store, run_id: str) -> None:
     text = st.text_input("search inputs", placeholder="words in the input")
     samples = store.search_samples(run_id, text)
     if samples.empty:
-        st.caption("No sample predictions" + (f" whose input contains {text!r}." if text else " for this run."))
+        st.caption("No sample predictions" + (f" whose input contains {escape(repr(text))}." if text else " for this run."))
         return
     samples["correct"] = samples["prediction"] == samples["reference"]
     st.dataframe(samples, hide_index=True)
@@ -329,7 +330,7 @@ def _samples(store: Store, run_id: str) -> None:
 # ----------------------------------------------------------------------------- sweep status
 
 def sweep_status(store: Store, f: Filters) -> None:
-    st.header(f"Sweep status: {f.matrix}")
+    st.header(f"Sweep status: {escape(f.matrix)}")
     sweeps = sorted(store.facets(f.matrix)["sweep"].dropna().unique(), reverse=True)
     chosen = st.multiselect("sweeps (the sweep that first recorded each run)", sweeps, placeholder="all sweeps")
     runs = store.run_states(f.matrix, sweeps=chosen or None, **f.axes)
@@ -337,7 +338,7 @@ def sweep_status(store: Store, f: Filters) -> None:
     states = list(STATE_ORDER) + [s for s in STATES if s not in STATE_ORDER]
     states += [s for s in counts.index if s not in states]
     for col, state in zip(st.columns(len(states)), states):
-        col.metric(state, int(counts.get(state, 0)))
+        col.metric(escape(state), int(counts.get(state, 0)))
     st.caption("All tasks of the matrix, failures first, newest first within a state.")
     st.dataframe(runs, hide_index=True)
 
@@ -350,7 +351,7 @@ def busy(path: Path) -> None:
     attempts = st.session_state.get("busy_attempts", 0) + 1
     st.session_state["busy_attempts"] = attempts
     st.title("harness")
-    st.warning(f"The store {path} is busy: another process (a sweep writing, or an ingest) holds it. "
+    st.warning(f"The store {escape(path)} is busy: another process (a sweep writing, or an ingest) holds it. "
                f"Retrying (attempt {attempts})...")
     if attempts < BUSY_RERUNS:
         time.sleep(1.0)

@@ -4,6 +4,7 @@ old and busy stores give a message instead of a traceback."""
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,11 @@ def start(store_or_path, monkeypatch, view: str | None = None) -> AppTest:
         app.radio(key="view").set_value(view).run()
     assert not app.exception, app.exception
     return app
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of a Markdown body the dashboard escaped (dashboard.plain.escape)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def widget(widgets, label: str):
@@ -260,7 +266,7 @@ def test_run_detail_of_a_failed_run_shows_error_and_traceback(swept, monkeypatch
     app = start(swept, monkeypatch, view="Run detail")
     picker = widget(app.selectbox, "run (failures first)")
     assert picker.value == "failed-run-0"  # failures first
-    assert app.error[0].value == "RuntimeError: boom"
+    assert shown(app.error[0].value) == "RuntimeError: boom"
     assert "RuntimeError: boom" in app.code[0].value and "Traceback" in app.code[0].value
 
 
@@ -271,7 +277,7 @@ def test_run_detail_says_which_code_and_lock_produced_the_run(swept, monkeypatch
     run_id = swept.run_states("tiny", methods=["lora"]).run_id.iloc[0]
     widget(app.selectbox, "run (failures first)").set_value(run_id).run()
     state = provenance.source_state()
-    line = next(c.value for c in app.caption if c.value.startswith("code: "))
+    line = next(shown(c.value) for c in app.caption if shown(c.value).startswith("code: "))
     assert f"git {state['git_revision'][:12]}" in line
     assert f"requirements.lock sha256 {state['lock_sha256'][:12]}" in line
 
@@ -281,7 +287,7 @@ def test_the_leaderboard_warns_about_cells_without_a_full_result(swept, monkeypa
     board = app.dataframe[0].value
     partial = board[board["status"] != "done"]
     assert partial["method"].tolist() == ["full"] and partial["status"].tolist() == ["partial"]
-    assert any("full: partial (RuntimeError: boom)" in w.value for w in app.warning)
+    assert any("full: partial (RuntimeError: boom)" in shown(w.value) for w in app.warning)
 
 
 def test_run_detail_shows_config_metrics_and_searchable_samples(swept, monkeypatch):
@@ -432,3 +438,55 @@ def test_method_vs_method_shows_paired_differences_and_disagreements(swept, monk
     result = comparisons.compare(items, "lora", "base", metric="accuracy")
     assert f"lora - base: {result['difference']:+.4f}" in app.markdown[0].value
     same(app.dataframe[1].value, comparisons.disagreements(items, "lora", "base"))
+
+
+# ----------------------------------------------------------------------------- stored text is text
+
+EVIL = "![x](http://evil.example/p.png)"
+EVIL_TEXTS = [EVIL, "<img src='http://evil.example/i.png'>", "[click](http://evil.example) :red[x] $x$ `c`"]
+MARKDOWN_ELEMENTS = ("markdown", "title", "header", "subheader", "caption", "info", "warning", "error", "success")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Store:
+    """Every text column a record fills holds Markdown that would fetch or link a URL, as a store
+    ingested from someone else's records can."""
+    store = Store(tmp_path_factory.mktemp("hostile") / "h.duckdb")
+    for i, (method, status) in enumerate([("base", "done"), (EVIL_TEXTS[1], "done"), (EVIL_TEXTS[2], EVIL),
+                                          ("full", "failed")]):
+        for task in (TASK, EVIL):
+            record = make_record(f"r{i}-{task[:2]}", model=EVIL, method=method, matrix=EVIL,
+                                 status="failed" if status == "failed" else "done")
+            record.task, record.status, record.sweep, record.host = task, status, EVIL_TEXTS[1], EVIL_TEXTS[2]
+            record.error = f"RuntimeError: {EVIL} {EVIL_TEXTS[1]}" if status != "done" else None
+            record.versions = {"git_revision": EVIL, "torch": EVIL_TEXTS[2]}
+            store.write_record(record)
+            store.link_runs(EVIL, [record.run_id])
+    return store
+
+
+def markdown_bodies(app) -> list[str]:
+    """Every string the page renders as Markdown: alerts, headers, captions, metric labels."""
+    return [e.value for kind in MARKDOWN_ELEMENTS for e in getattr(app, kind)] + [m.label for m in app.metric]
+
+
+@pytest.mark.parametrize("view", ["Leaderboard", "Method vs method", "Trade-offs", "Learning curves", "Run detail",
+                                  "Sweep status"])
+def test_stored_text_renders_as_text_never_as_images_links_or_html(hostile, monkeypatch, view):
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": True})
+    rendered = []
+    for task in (TASK, EVIL):
+        app = start(hostile, monkeypatch, view)
+        app.sidebar.selectbox[1].set_value(task).run()
+        assert not app.exception, app.exception
+        for body in markdown_bodies(app):
+            tokens = [t for block in parser.parse(body) for t in [block, *(block.children or [])]]
+            active = [t.type for t in tokens if t.type in ("image", "link_open", "html_inline", "html_block")]
+            assert not active, (view, body, active)
+            rendered.append(parser.render(body))
+    page = "".join(rendered)
+    assert "evil.example" in page  # shown, as text
+    if view in ("Run detail", "Leaderboard"):
+        assert f"RuntimeError: {EVIL}" in page  # the error, exactly as stored
