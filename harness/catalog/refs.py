@@ -46,8 +46,9 @@ def check_ref(ref: str, kind: str, base_dir: Path | None = None) -> str | None:
             mode = path.stat().st_mode
         except FileNotFoundError:
             return f"local path {str(path)!r} does not exist"
-        except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
-            why = "a symlink loop" if isinstance(err, RuntimeError) else (err.strerror or str(err))
+        except (OSError, RuntimeError, ValueError) as err:  # RuntimeError: a symlink loop (Python < 3.13)
+            why = {RuntimeError: "a symlink loop", ValueError: "a NUL character in it"}.get(
+                type(err), getattr(err, "strerror", None) or str(err))
             return f"local path {quote(ref)} cannot be used ({why})"
         if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):  # reading a pipe or a device never ends
             return f"local path {str(path)!r} is not a regular file or folder (a pipe, a device or a socket)"
@@ -96,7 +97,7 @@ def eval_only_reason(ref: str, base_dir: Path | None = None) -> str | None:
         return None
     try:
         path = _local_path(ref, base_dir)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, ValueError):
         return None  # check_ref names the problem with the path
     for name, asset in CATALOG.items():
         if asset.eval_only and path.is_relative_to(fetch.entry_dir(name).resolve()):
