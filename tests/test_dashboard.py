@@ -164,7 +164,8 @@ def test_tradeoffs_plot_the_leaderboard_with_its_pareto_front(swept, monkeypatch
     assert sorted(points["test_accuracy_high"]) == sorted(board["test_accuracy_high"])
     assert any("Error bars: 95% paired bootstrap" in c.value for c in app.caption)
     spans = points[points["indistinguishable_from"] != ""]
-    assert all(any(f"{r.method}: its interval spans {r.indistinguishable_from}" in c.value for c in app.caption)
+    assert all(any(f"{r.method}: its interval spans {r.indistinguishable_from}" in shown(c.value)
+                   for c in app.caption)
                for r in spans.itertuples())
     assert views.NO_FORGETTING in app.info[0].value  # no probes in a tiny sweep
 

@@ -357,7 +357,7 @@ def test_flags_are_set_and_listed(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     for name in ("aclsum", "xsum", "alpaca_demo", "bible_en_es", "multiemo_en_es"):
         assert f"{name} " in out
-    assert out.count("EVAL ONLY") == 4 and out.count("NON-COMMERCIAL") == 1
+    assert out.count("EVAL ONLY") == 6 and out.count("NON-COMMERCIAL") == 1
 
 
 def test_entries_share_their_archives():
