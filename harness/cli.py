@@ -309,7 +309,7 @@ def cmd_export(args) -> int:
     except ExportIncomplete as err:
         print("\n".join(map(str, err.written)))
         print("\n".join(f"error: {line}" for line in err.skipped), file=sys.stderr)
-        return EXIT_SOME_FAILED
+        return EXIT_PARTIAL
     print("\n".join(map(str, written)))
     return 0
 

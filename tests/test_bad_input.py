@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli, matrix
+from harness import cli, matrix, methods
 from tests.conftest import make_rows
 
 SEED = 7
@@ -348,7 +348,7 @@ def test_export_writes_only_inside_its_folder_and_names_what_it_skips(tmp_path, 
     store.link_runs("planted", ["r9"])
     before = every_file(tmp_path)
 
-    assert cli.main(["export", "--db", str(db)]) == cli.EXIT_SOME_FAILED
+    assert cli.main(["export", "--db", str(db)]) == cli.EXIT_PARTIAL
     out, err = capsys.readouterr()
     new = every_file(tmp_path) - before
     assert new == {"root/results/leaderboards/good_sentiment.csv", "root/results/leaderboards/runs.csv"}, new
@@ -571,8 +571,10 @@ def test_every_probes_data_is_evaluation_only_and_so_is_its_cache(tmp_path, monk
     for path in (mmlu, prepared):
         path.parent.mkdir(parents=True)
         path.write_text('{"text": "q", "label": 0}\n')
-        found = tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)}, True, tmp_path)
+        found = tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)},
+                                    methods.info(methods.REGISTRY["full"]), tmp_path)
         assert [field for field, _ in found] == ["dataset"] and "is evaluation-only" in found[0][1], found
-        assert tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)}, False, tmp_path) == []
+        assert tasks.check_options(tasks.REGISTRY["sentiment"], {"dataset": str(path)},
+                                   methods.info(methods.REGISTRY["base"]), tmp_path) == []
     (tmp_path / "mine.csv").write_text("text,label\n")
     assert catalog.eval_only_reason("mine.csv", tmp_path) is None and catalog.eval_only_reason("rotten_tomatoes") is None
