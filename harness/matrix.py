@@ -128,8 +128,9 @@ class MatrixFile(Strict):
                              f"files, so: {files.SAFE_NAME_RULE}")
     description: str = ""
     models: list[str] = Field(min_length=1, description="catalog names, hf:org/name, or local paths")
-    methods: list[str | dict[str, dict[str, Any] | None]] = Field(
-        min_length=1, description="method names, or {name: {options}}"
+    methods: list[str | dict[str, dict[str, Any] | str | None]] = Field(
+        min_length=1, description="method names, or {name: {options}}; `peft: <adapter_config.json>` for a "
+        "peft config file"
     )
     tasks: list[str | dict[str, dict[str, Any] | None]] = Field(
         min_length=1, description="task names, or {name: {options}}"
@@ -476,9 +477,13 @@ def _named_entries(entries, where: str, registry: dict, problems: _Problems) -> 
         name, options = split
         if name not in registry:
             problems.add(f"{where}[{i}]", registry.unknown(name))
+        elif not isinstance(options, dict) and not hasattr(registry[name], "SHORTHAND"):
+            problems.add(f"{where}[{i}].{name}", f"expected a mapping of options (got {options!r})")
         elif name in seen:
             problems.add(f"{where}[{i}]", f"duplicate {kind} {messages.quote(name)}")
         else:
+            if not isinstance(options, dict):  # `name: value` sets the one option the plug-in names
+                options = {registry[name].SHORTHAND: options}
             out.append((name, options, f"{where}[{i}].{name}"))
         seen.add(name)
     return out
@@ -509,7 +514,7 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
         for key, schema in schemas.items():
             values, origin = (method_variant, method_origin) if key == "method" else merged[key]
             try:
-                resolved[key] = schema.model_validate(values).model_dump()
+                resolved[key] = schema.model_validate(values, context={"base_dir": str(base_dir)}).model_dump()
             except ValidationError as err:
                 for where, what in _pydantic_problems(err, origin, layers[key][0][0]):
                     problems.add(where, what)

@@ -22,7 +22,9 @@ ROOT = Path(__file__).parents[1]
 HEADS = {"encoder": "sequence_classification", "decoder": "causal_lm"}
 PLACEMENT = models.Placement("cpu", "float32")
 # Every registered method with its defaults, plus the options that change what is counted.
-CASES = [(name, {}) for name in REGISTRY] + [
+REQUIRED = {"peft": {"config": {"peft_type": "LORA", "r": 4, "target_modules": ["q_proj", "query"]}},
+            "ln_tuning": {"target_modules": ["LayerNorm", "input_layernorm"]}}  # peft has no BERT default
+CASES = [(name, REQUIRED.get(name, {})) for name in REGISTRY] + [
     ("lora", {"r": 4, "target_modules": ["q_proj", "v_proj", "query", "value"]}),
     ("lora", {"use_dora": True}),
     ("transfer", {"train_last_layers": 2, "train_lm_head": True}),

@@ -94,7 +94,16 @@ def load_kwargs(method: Method, options: dict, placement) -> dict:
 
 REGISTRY: Registry[Method] = Registry("method")
 
-from harness.methods import adapter, base, full, ia3, lora, prefix, prompt, qlora, transfer  # noqa: E402
+from harness.methods import (adapter, base, full, ia3, lora, peft_file, peft_method, prefix, prompt, qlora,  # noqa: E402
+                             transfer)
 
-for _module in (base, full, transfer, lora, adapter, qlora, prefix, prompt, ia3):
+for _module in (base, full, transfer, lora, adapter, qlora, prefix, prompt, ia3, peft_file):
     register(_module)
+# peft methods that need only their config (peft_method.py); lr defaults are starting points
+register(peft_method.of("loha", "LoHaConfig", 2e-4, "LoHa: low-rank Hadamard-product updates (LyCORIS)"))
+register(peft_method.of("lokr", "LoKrConfig", 2e-4, "LoKr: low-rank Kronecker-product updates (LyCORIS)"))
+register(peft_method.of("vera", "VeraConfig", 1e-2, "VeRA: shared frozen random matrices, trained scaling vectors"))
+register(peft_method.of("oft", "OFTConfig", 1e-4, "OFT: orthogonal block-diagonal rotations of the weights"))
+register(peft_method.of("boft", "BOFTConfig", 1e-4, "BOFT: butterfly-factorized orthogonal rotations"))
+register(peft_method.of("hra", "HRAConfig", 1e-4, "HRA: chains of Householder reflections"))
+register(peft_method.of("ln_tuning", "LNTuningConfig", 1e-3, "LN tuning: only the layer norms train"))

@@ -1,11 +1,12 @@
-"""`ia3`: (IA)^3 - learned rescaling of keys, values and feed-forward activations (peft)."""
+"""`ia3`: (IA)^3 - learned rescaling of keys, values and feed-forward activations (peft; every other
+IA3Config field under peft's name)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, peft_task_type
+from harness.methods import peft_options
 from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "ia3"
@@ -14,8 +15,12 @@ MERGES_FOR_SCORING = True
 PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 
 
-class Options(TrainedOptions):
-    """peft IA3Config; encoders also train their classification head."""
+class Options(peft_options.PeftOptions):
+    """peft IA3Config (any other of its fields under peft's name); encoders also train their
+    classification head."""
+
+    PEFT_CONFIG = "IA3Config"
+    PEFT_FIELDS = {"target_modules": "target_modules", "feedforward_modules": "feedforward_modules"}
 
     lr: float = Field(3e-3, gt=0, le=1, description="peak learning rate (usual: 1e-3 to 1e-2)")
     target_modules: Literal["auto"] | list[str] = Field(
@@ -28,13 +33,4 @@ class Options(TrainedOptions):
 
 
 def apply(model, options: dict, family: str, head: str):
-    from peft import IA3Config, get_peft_model
-
-    auto = lambda key: None if options[key] == "auto" else options[key]  # noqa: E731
-    config = IA3Config(
-        target_modules=auto("target_modules"),
-        feedforward_modules=auto("feedforward_modules"),
-        task_type=peft_task_type(head),
-    )
-    return get_peft_model(model, config)
-
+    return peft_options.apply(Options, model, options, head)

@@ -1,11 +1,13 @@
-"""`lora`: low-rank adapters through peft (LoRA; DoRA with `use_dora`)."""
+"""`lora`: low-rank adapters through peft (LoRA; DoRA with `use_dora`; every other LoraConfig field,
+e.g. `use_rslora`, `init_lora_weights: pissa`, `layers_to_transform`, under peft's name)."""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import Field
 
-from harness.methods.common import NotApplicable, TrainedOptions, peft_task_type
+from harness.methods import peft_options
+from harness.methods.common import NotApplicable
 from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "lora"
@@ -14,8 +16,13 @@ MERGES_FOR_SCORING = True
 PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 
 
-class Options(TrainedOptions):
-    """peft LoraConfig; encoders also train their classification head (peft modules_to_save)."""
+class Options(peft_options.PeftOptions):
+    """peft LoraConfig (any other of its fields under peft's name); encoders also train their
+    classification head (peft modules_to_save)."""
+
+    PEFT_CONFIG = "LoraConfig"
+    PEFT_FIELDS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules",
+                   "use_dora": "use_dora"}
 
     lr: float = Field(2e-4, gt=0, le=1, description="peak learning rate (usual: 1e-4 to 2e-3)")
     r: int = Field(8, gt=0, description="rank of the update matrices")
@@ -28,17 +35,7 @@ class Options(TrainedOptions):
 
 
 def apply(model, options: dict, family: str, head: str):
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=options["r"],
-        lora_alpha=options["alpha"],
-        lora_dropout=options["dropout"],
-        target_modules=options["target_modules"],
-        use_dora=options["use_dora"],
-        task_type=peft_task_type(head),
-    )
-    model = get_peft_model(model, config)
+    model = peft_options.apply(Options, model, options, head)
     _check_rank(model, options["r"])
     return model
 
@@ -54,4 +51,3 @@ def _check_rank(model, r: int) -> None:
     if r > width:
         raise NotApplicable(f"lora r {r} is larger than layer {name}'s width {width} ({n_in} inputs, {n_out} "
                             f"outputs), which bounds the update's rank: choose r <= {width}")
-

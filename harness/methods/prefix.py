@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, peft_task_type, save_pretrained
+from harness.methods import peft_options
+from harness.methods.common import NotApplicable, save_pretrained
 
 NAME = "prefix"
 TRAINS = True
@@ -16,8 +17,13 @@ PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 LM_HEADS = ("causal_lm", "seq2seq_lm")  # peft's past_key_values path works for these
 
 
-class Options(TrainedOptions):
-    """peft PrefixTuningConfig; encoders also train their classification head."""
+class Options(peft_options.PeftOptions):
+    """peft PrefixTuningConfig (on decoders any other of its fields under peft's name); encoders
+    also train their classification head."""
+
+    PEFT_CONFIG = "PrefixTuningConfig"
+    PEFT_FIELDS = {"num_virtual_tokens": "num_virtual_tokens", "prefix_projection": "prefix_projection",
+                   "projection_hidden_size": "encoder_hidden_size"}
 
     lr: float = Field(1e-2, gt=0, le=1, description="peak learning rate (usual: 1e-3 to 3e-2)")
     num_virtual_tokens: int = Field(16, gt=0, le=512, description="prefix length")
@@ -28,19 +34,15 @@ class Options(TrainedOptions):
 
 
 def apply(model, options: dict, family: str, head: str):
-    if head not in LM_HEADS:
-        from harness.methods import encoder_prefix  # imports torch: not at validation time
+    if head in LM_HEADS:
+        return peft_options.apply(Options, model, options, head)
+    passed = peft_options.passed_through(Options, options)
+    if passed:
+        raise NotApplicable(f"prefix: peft's PrefixTuningConfig fields ({', '.join(passed)}) apply to decoders; "
+                            "encoders are prefix-tuned by the harness's own injection")
+    from harness.methods import encoder_prefix  # imports torch: not at validation time
 
-        return encoder_prefix.apply(model, options)
-    from peft import PrefixTuningConfig, get_peft_model
-
-    config = PrefixTuningConfig(
-        num_virtual_tokens=options["num_virtual_tokens"],
-        prefix_projection=options["prefix_projection"],
-        encoder_hidden_size=options["projection_hidden_size"],
-        task_type=peft_task_type(head),
-    )
-    return get_peft_model(model, config)
+    return encoder_prefix.apply(model, options)
 
 
 def save(model, path: Path) -> None:

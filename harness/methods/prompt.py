@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from harness.methods.common import TrainedOptions, peft_task_type
+from harness.methods import peft_options
 from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "prompt"
@@ -12,19 +12,16 @@ TRAINS = True
 PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 
 
-class Options(TrainedOptions):
-    """peft PromptTuningConfig (random init); encoders also train their classification head."""
+class Options(peft_options.PeftOptions):
+    """peft PromptTuningConfig (random init unless `prompt_tuning_init` says otherwise; any other of
+    its fields under peft's name); encoders also train their classification head."""
+
+    PEFT_CONFIG = "PromptTuningConfig"
+    PEFT_FIELDS = {"num_virtual_tokens": "num_virtual_tokens"}
 
     lr: float = Field(1e-2, gt=0, le=1, description="peak learning rate (usual: 1e-3 to 3e-1)")
     num_virtual_tokens: int = Field(16, gt=0, le=512, description="soft prompt length")
 
 
 def apply(model, options: dict, family: str, head: str):
-    from peft import PromptTuningConfig, get_peft_model
-
-    config = PromptTuningConfig(
-        num_virtual_tokens=options["num_virtual_tokens"],
-        task_type=peft_task_type(head),
-    )
-    return get_peft_model(model, config)
-
+    return peft_options.apply(Options, model, options, head)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.methods import lora
+from harness.methods import lora, peft_options
 from harness.methods.common import save_pretrained as save  # noqa: F401 (the method interface)
 
 NAME = "qlora"
@@ -60,4 +60,4 @@ def apply(model, options: dict, family: str, head: str):
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options["gradient_checkpointing"])
-    return lora.apply(model, options, family, head)
+    return peft_options.apply(Options, model, options, head)
