@@ -115,8 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     db_arg(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("export", help="write leaderboard CSVs (results/leaderboards/)")
+    p = sub.add_parser("export", help="write leaderboard CSVs (results/leaderboards/), or paper tables")
     p.add_argument("--matrix", help="only this matrix (default: every matrix in the store)")
+    p.add_argument("--format", choices=["csv", "parquet", "md", "latex"], default="csv",
+                   help="csv (default) or parquet: every column, plus tuning budgets and the runs; md or latex "
+                   "(booktabs): the leaderboards as paper tables, mean [95%% interval], ties with the best in bold")
     p.add_argument("--out", help="output folder (default: leaderboards/ beside the store)")
     db_arg(p)
     p.set_defaults(func=cmd_export)
@@ -305,7 +308,7 @@ def cmd_export(args) -> int:
 
     out = Path(args.out) if args.out else Path(args.db).parent / "leaderboards"
     try:
-        written = Store(args.db).export(out, matrix=args.matrix)
+        written = Store(args.db).export(out, matrix=args.matrix, fmt=args.format)
     except ExportIncomplete as err:
         print("\n".join(map(str, err.written)))
         print("\n".join(f"error: {line}" for line in err.skipped), file=sys.stderr)

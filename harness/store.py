@@ -633,30 +633,33 @@ class Store:
     def samples(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM samples WHERE run_id = ? ORDER BY idx", [run_id])
 
-    def export(self, out_dir: Path, matrix: str | None = None) -> list[Path]:
-        """results/leaderboards/<matrix>_<task>.csv for each (matrix, task), <matrix>_<task>_tuning.csv
-        where a method tried several learning rates, <matrix>_<task>_trajectory.csv where runs were
-        probed during training, and runs.csv (long). Each file name goes
+    def export(self, out_dir: Path, matrix: str | None = None, fmt: str = "csv") -> list[Path]:
+        """results/leaderboards/<matrix>_<task>.<ext> for each (matrix, task); for csv and parquet
+        also <matrix>_<task>_tuning where a method tried several learning rates,
+        <matrix>_<task>_trajectory where runs were probed during training, and runs (long). md and
+        latex write the leaderboards as paper tables (harness/tables.py). Each file name goes
         through files.inside: a matrix or task whose name is unsafe as a file name (a store can
         hold one from another machine's records) is skipped, every other file is written, and
         then ExportIncomplete names what was skipped."""
+        from harness import tables
+
         out_dir = Path(out_dir)
         known = self.matrices()
         if matrix is not None and matrix not in known:
             raise StoreError(f"no matrix {matrix!r} in {self.path} (it holds: {', '.join(map(repr, known)) or 'none'})")
+        data = fmt in ("csv", "parquet")
         written, skipped = [], []
 
-        def write(name: str, table: Callable[[], pd.DataFrame], what: str) -> bool:
+        def write(stem: str, table: Callable[[], pd.DataFrame], what: str, optional: bool = False, **paper) -> bool:
             try:
-                path = files.inside(out_dir, name)
+                path = files.inside(out_dir, stem + tables.EXTENSIONS[fmt])
             except files.UnsafePath as err:
                 skipped.append(f"{what}: not written: {err}")
                 return False
             frame = table()
-            if frame.empty and name.endswith(("_tuning.csv", "_trajectory.csv")):
+            if optional and frame.empty:
                 return False  # only where a method tried several learning rates, or runs had checkpoints
-            files.write_text_atomic(path, frame.to_csv(index=False))
-            written.append(path)
+            written.append(tables.write(frame, path.with_name(stem), fmt, **paper))
             return True
 
         try:
@@ -664,13 +667,15 @@ class Store:
             for m in [matrix] if matrix else known:
                 for task in self.tasks(m):
                     what = f"matrix {m[:files.NAME_MAX]!r}, task {task[:files.NAME_MAX]!r}"
-                    if write(f"{m}_{task}.csv", lambda: self.leaderboard(m, task), what):
-                        write(f"{m}_{task}_tuning.csv", lambda: self.tuning_budget(m, task), what)
-                        write(f"{m}_{task}_trajectory.csv", lambda: self.trajectories(m, task), what)
-            write(f"{matrix}_runs.csv" if matrix else "runs.csv",
-                  lambda: self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]), "the runs table")
+                    if write(f"{m}_{task}", lambda: self.leaderboard(m, task), what, task=task,
+                             caption=f"{m}: {task}") and data:
+                        write(f"{m}_{task}_tuning", lambda: self.tuning_budget(m, task), what, optional=True)
+                        write(f"{m}_{task}_trajectory", lambda: self.trajectories(m, task), what, optional=True)
+            if data:
+                write(f"{matrix}_runs" if matrix else "runs",
+                      lambda: self.run_metrics(matrix, status=None).drop(columns=["primary_metric"]), "the runs table")
         except OSError as err:
-            raise StoreError(f"cannot write the CSVs into {out_dir}: {err.strerror or err}"
+            raise StoreError(f"cannot write the tables into {out_dir}: {err.strerror or err}"
                              + (f" ({err.filename})" if err.filename else "")) from None
         if skipped:
             raise ExportIncomplete(written, skipped)
@@ -679,7 +684,7 @@ class Store:
 
 def _make_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
-        raise StoreError(f"cannot write the CSVs into {folder}: it is a file, not a folder")
+        raise StoreError(f"cannot write the tables into {folder}: it is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
 
 
