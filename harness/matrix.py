@@ -142,7 +142,8 @@ class MatrixFile(Strict):
     probes: list[str | dict[str, dict[str, Any] | None]] = Field(
         default_factory=list, description="forgetting probes, scored on every run's model and on the "
         "base model (cached): probe names or {name: {options}}, e.g. [mmlu, {wiki: {size: 4}}]; "
-        "lm_eval:<task> names a built-in lm-eval task (needs internet). Not part of the run_id: "
+        "lm_eval:<task> names a built-in lm-eval task (needs internet); a path to an lm-eval task YAML (or "
+        "folder) runs the user's own task. Not part of the run_id: "
         "adding probes to done runs needs `harness sweep --force all`"
     )
     resolve: float | None = Field(
@@ -390,7 +391,7 @@ def parse(raw: Any, *, source: str, base_dir: Path, default_name: str) -> Matrix
     method_entries = _named_entries(top.methods, "methods", methods.REGISTRY, problems)
     task_entries = _named_entries(top.tasks, "tasks", tasks.REGISTRY, problems)
     _check_duplicates(top.seeds, "seeds", problems)
-    probe_list, probe_problems = probes.parse_entries(top.probes)
+    probe_list, probe_problems = probes.parse_entries(top.probes, base_dir)
     for where, what in probe_problems:
         problems.add(where, what)
     axes = {

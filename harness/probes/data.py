@@ -153,16 +153,23 @@ def data_identity(config) -> dict:
     """What a probe's prepared data depends on (not the batch size)."""
     from harness.probes.registry import ProbeConfig
 
+    from harness.probes import user_tasks
+
     config = ProbeConfig.of(config)
     probe = config.probe
     task_file = probe.task_file
-    return {
+    include_path = getattr(config.options, "include_path", None)
+    identity = {
         "probe": probe.name,
-        "options": {k: v for k, v in config.options.model_dump().items() if k != "batch_size"},
+        "options": {k: v for k, v in config.options.model_dump().items()
+                    if k != "batch_size" and not (k == "include_path" and v is None)},
         "source": catalog.describe_ref(probe.asset, "dataset") if probe.asset else None,
         "task_file": files.sha256_file(task_file) if task_file else None,
         "version": PROBE_VERSION,
     }
+    if include_path:  # the user's task: its YAMLs and the data beside them
+        identity["task_folder"] = user_tasks.folder_digest(Path(include_path))
+    return identity
 
 
 def data_hash(identity: dict) -> str:
@@ -179,7 +186,7 @@ def prepare(config) -> Path:
     config = ProbeConfig.of(config)
     probe = config.probe
     if probe.builtin:
-        return TASKS_DIR
+        return Path(config.options.include_path) if config.options.include_path else TASKS_DIR
     folder = catalog.cache_dir() / "probes" / f"{probe.name}-{data_hash(data_identity(config))}"
     manifest = folder / "manifest.json"
     if manifest.exists():

@@ -51,9 +51,13 @@ class FeatureOptions(Schema):
 
 
 class BuiltinOptions(Options):
-    """A built-in lm-eval task (its data comes from the hub: needs internet)."""
+    """An lm-eval task: a built-in one (its data comes from the hub: needs internet), or the
+    user's own from `include_path` (a probe entry that is a task YAML's path sets it)."""
 
     limit: int | None = Field(None, gt=0, description="items (default: the whole test split)")
     metric: str | None = Field(None, description="the metric to record (default: acc_norm, acc, "
                                "exact_match, bits_per_byte or word_perplexity, the first the task has)")
     num_fewshot: int | None = Field(None, ge=0, description="few-shot examples (default: the task's)")
+    include_path: str | None = Field(
+        None, description="a folder of the user's lm-eval task YAMLs (lm_eval --include_path), relative to the "
+        "matrix file; the task runs from its YAML's folder, so relative data_files resolve there")

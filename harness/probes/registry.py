@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from harness.kinds import Family
-from harness.probes import data
+from harness.probes import data, user_tasks
 from harness.probes.data import ProbeError  # noqa: F401 (raised by the probe room)
 from harness.probes.options import (BuiltinOptions, ChoiceOptions, FeatureOptions, MMLUOptions, TextOptions,
                                     YesNoOptions)
@@ -121,9 +121,10 @@ class ProbeConfig:
         return cls(config["name"], get(config["name"]).Options.model_validate(config["options"]))
 
 
-def parse_entries(entries: list) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Matrix `probes:` items (a name, or {name: {options}}) -> ([{"name", "options"}] with every
-    option resolved, [(field path, problem)]). Imports nothing heavy."""
+def parse_entries(entries: list, base_dir: Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Matrix `probes:` items (a name, a path to an lm-eval task YAML or folder, or either with
+    {options}) -> ([{"name", "options"}] with every option resolved, [(field path, problem)]);
+    paths are relative to `base_dir` (the matrix's folder). Imports nothing heavy."""
     resolved, problems, seen = [], [], set()
     for i, entry in enumerate(entries):
         where = f"probes[{i}]"
@@ -132,6 +133,11 @@ def parse_entries(entries: list) -> tuple[list[dict], list[tuple[str, str]]]:
             problems.append((where, entry_problem(entry, "probe")))
             continue
         name, options = split
+        try:
+            name, options = _user_task(name, options, base_dir)
+        except ValueError as err:
+            problems.append((where if isinstance(entry, str) else f"{where}.{split[0]}", str(err)))
+            continue
         try:
             probe = get(name)
         except KeyError:
@@ -156,6 +162,17 @@ def parse_entries(entries: list) -> tuple[list[dict], list[tuple[str, str]]]:
             continue
         resolved.append(ProbeConfig(name, values).to_dict())
     return resolved, problems
+
+
+def _user_task(name, options, base_dir: Path | None) -> tuple:
+    """A path entry as `lm_eval:<task>` with `include_path`; `include_path` anchored at the matrix."""
+    if not isinstance(options, dict):
+        return name, options
+    if user_tasks.is_task_path(name):
+        return user_tasks.resolve(name, options, base_dir)
+    if isinstance(name, str) and name.startswith(BUILTIN_PREFIX) and options.get("include_path"):
+        return name, user_tasks.check_include_path(name[len(BUILTIN_PREFIX):], options, base_dir)
+    return name, options
 
 
 def for_family(configs: list[dict], family: str) -> list[dict]:

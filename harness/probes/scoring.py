@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.items import Outcomes
+from harness.probes import user_tasks
 from harness.probes.data import ProbeError, read_jsonl
 from harness.probes.registry import FEATURES, LM_EVAL, PERPLEXITY_METRIC, ProbeConfig
 
@@ -92,17 +93,18 @@ def lm_eval_score(lm, config: ProbeConfig | dict, folder: Path) -> tuple[Score, 
     config = ProbeConfig.of(config)
     probe, options = config.probe, config.options
     lm.batch_size_per_gpu = options.batch_size
-    if probe.builtin:  # only now pay for indexing lm-eval's bundled tasks
+    user_task = probe.builtin and options.include_path
+    if probe.builtin and not user_task:  # only now pay for indexing lm-eval's bundled tasks
         manager = TaskManager()
-        extra = {"limit": options.limit, "num_fewshot": options.num_fewshot}
     else:
         manager = TaskManager(include_path=str(folder), include_defaults=False)
-        extra = {}
+    extra = {"limit": options.limit, "num_fewshot": options.num_fewshot} if probe.builtin else {}
     task = probe.task_name
     if task not in manager.all_tasks:
         raise ProbeError(f"probe {probe.name}: lm-eval has no task {task!r}")
-    out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True,
-                          bootstrap_iters=1000, verbosity="ERROR", **extra)
+    with user_tasks.in_task_folder(manager, task) if user_task else contextlib.nullcontext():
+        out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True,
+                              bootstrap_iters=1000, verbosity="ERROR", **extra)
     results = out["results"][task]
     metrics = [k.split(",")[0] for k in results if "," in k and "_stderr" not in k]
     metric = probe.metric or getattr(options, "metric", None) or next(
