@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 # Errors that are the input's fault (printed as one line, exit 2), by the module defining them.
 USER_ERRORS = {"harness.catalog.entries": "AssetError", "harness.comparisons": "ComparisonError",
                "harness.executors": "ExecutorError", "harness.matrix": "MatrixError",
-               "harness.store": "StoreError", "harness.sweep": "SweepError"}
+               "harness.store": "StoreError", "harness.sweep": "SweepError", "harness.trackers": "TrackerError"}
 
 
 def _user_errors() -> tuple[type, ...]:
@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="csv (default) or parquet: every column, plus tuning budgets and the runs; md or latex "
                    "(booktabs): the leaderboards as paper tables, mean [95%% interval], ties with the best in bold")
     p.add_argument("--out", help="output folder (default: leaderboards/ beside the store)")
+    p.add_argument("--mlflow", metavar="DIR",
+                   help="instead: write the store's done runs into the MLflow file store DIR (one experiment per "
+                   "matrix, runs named by run_id with their options and final metrics; needs mlflow)")
     db_arg(p)
     p.set_defaults(func=cmd_export)
 
@@ -306,6 +309,13 @@ def cmd_status(args) -> int:
 def cmd_export(args) -> int:
     from harness.store import ExportIncomplete, Store
 
+    if args.mlflow:
+        from harness import trackers
+
+        written = trackers.export_mlflow(Store(args.db), Path(args.mlflow), matrix=args.matrix)
+        print(f"{written} runs written to the MLflow store {args.mlflow} (mlflow ui --backend-store-uri "
+              f"{Path(args.mlflow).resolve().as_uri()})")
+        return 0
     out = Path(args.out) if args.out else Path(args.db).parent / "leaderboards"
     try:
         written = Store(args.db).export(out, matrix=args.matrix, fmt=args.format)

@@ -86,10 +86,25 @@ class TrainingConfig(Strict):
     probe_every: int | None = Field(
         None, gt=0, le=10**9, description="also score validation and run the probes every N optimizer steps"
     )
+    report_to: list[str] = Field(
+        default_factory=list, description="experiment trackers the Trainer logs to (tensorboard, mlflow, wandb, "
+        "...; configured by their own environment variables, e.g. MLFLOW_TRACKING_URI, WANDB_MODE=offline): each "
+        "run named by its run_id, tagged model/method/task/seed, with a summary of its final metrics"
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, report_to):
+        from harness import trackers
+
+        problems = [f"report_to[{i}]: {p}" for i, p in enumerate(map(trackers.problem, report_to)) if p]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return report_to
 
 
 # Fields that do not change a run's result: left out of the run_id.
-NON_RESULT_FIELDS = {"keep_artifact", "num_samples"}
+NON_RESULT_FIELDS = {"keep_artifact", "num_samples", "report_to"}
 # Training options added after runs were stored, at the value that behaves as before they
 # existed: left out of the run_id, so those stored runs keep their ids.
 ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None}

@@ -52,6 +52,7 @@ def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True,
         record.error = f"{type(err).__name__}: {err}"
         record.traceback = traceback.format_exc()
     finally:
+        _close_trackers(record)
         record.finished_at = now()
         gc.collect()
     return record
@@ -113,13 +114,14 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
                             before=before, baselines=dict(baselines), progress=progress)
     checkpoints = _checkpoints(spec, record, task, form, model, splits["validation"], placement, autocast,
                                probe_context)
+    _open_trackers(spec, run_dir)  # closed by `execute`, once the run's state is known
     with peak_memory(placement.device) as peak:
         if getattr(task, "NEEDS_REFERENCE", False):  # inside: a frozen reference copy counts in the peak
             form.bind(RunContext(Reference(model, load_untrained, trained=method.TRAINS), run_dir.parent,
                                  Path(spec.base_dir)))
         if method.TRAINS:
             setup = Setup(lr=spec.method_options["lr"], training=training, placement=placement, seed=spec.seed,
-                          work_dir=run_dir / "trainer")
+                          work_dir=run_dir / "trainer", run_name=spec.run_id)
             result = train(model, form, splits["train"], splits["validation"], setup, progress=progress,
                            callbacks=[checkpoints] if checkpoints else ())
             if checkpoints:  # their time is not training's
@@ -157,6 +159,23 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         _record_updates(record, model, loaded, lambda: models.pretrained_weights(
             model_path, head, num_labels=getattr(form, "num_labels", None)))
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+
+
+_OPEN_TRACKERS = []  # the trackers of the run in progress
+
+
+def _open_trackers(spec: RunSpec, run_dir: Path) -> None:
+    """`training.report_to`: the run's trackers, named by its run_id (harness.trackers)."""
+    if spec.training.get("report_to"):
+        from harness import trackers
+
+        _OPEN_TRACKERS.append(trackers.Tracked(spec.training["report_to"], spec, run_dir))
+
+
+def _close_trackers(record: RunRecord) -> None:
+    """The summary of the final metrics of a done run, then the trackers closed."""
+    while _OPEN_TRACKERS:
+        _OPEN_TRACKERS.pop().finish(record, failed=record.status != "done")
 
 
 def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], family: str) -> None:

@@ -570,6 +570,24 @@ class Store:
             row[key] = json.loads(row[key]) if row[key] else {}
         return row
 
+    def done_records(self, matrix: str) -> list[RunRecord]:
+        """The matrix's done runs as records holding their config and metrics (no curves,
+        samples or items): what `harness export --mlflow` writes."""
+        runs = self.query("SELECT r.run_id, r.matrix, r.sweep, r.model, r.method, r.task, r.seed, r.config, "
+                          "r.status, r.primary_metric FROM runs r JOIN matrix_runs m USING (run_id) "
+                          "WHERE m.matrix = ? AND r.status = 'done' ORDER BY r.run_id", [matrix])
+        metrics = self.query("SELECT run_id, kind, name, split, value, stderr FROM metrics WHERE run_id IN "
+                             "(SELECT run_id FROM matrix_runs WHERE matrix = ?)", [matrix])
+        by_run = {run_id: group.drop(columns="run_id") for run_id, group in metrics.groupby("run_id")}
+        out = []
+        for row in runs.to_dict("records"):
+            rows = by_run.get(row["run_id"], pd.DataFrame())
+            metric_rows = [{k: (None if _missing(v) else v) for k, v in m.items()} for m in rows.to_dict("records")]
+            out.append(RunRecord(**{**row, "matrix": matrix, "seed": int(row["seed"]),
+                                    "config": json.loads(row["config"]) if row["config"] else {}},
+                                 metrics=metric_rows))
+        return out
+
     def metrics(self, run_id: str) -> pd.DataFrame:
         """Every metric of one run: kind, name, split, value, stderr."""
         return self.query(

@@ -99,6 +99,7 @@ class Setup:
     placement: Placement
     seed: int
     work_dir: Path
+    run_name: str | None = None  # what trackers call the run
 
     def arguments(self) -> dict:
         """transformers TrainingArguments keyword arguments (trl's configs take them too)."""
@@ -121,7 +122,8 @@ class Setup:
             "logging_nan_inf_filter": False,  # log a NaN/inf loss as it is, so the runner sees a diverged run
             "include_num_input_tokens_seen": "non_padding",
             "save_strategy": "no",
-            "report_to": [],
+            "report_to": training.get("report_to") or [],  # `or`: specs stored before trackers existed
+            "run_name": self.run_name,
             "seed": self.seed,
             "data_seed": self.seed,
             "use_cpu": placement.device == "cpu",
