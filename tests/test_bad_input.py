@@ -369,11 +369,11 @@ def test_export_to_a_file_or_a_read_only_folder_and_unknown_matrices_are_clear_e
     a_file = tmp_path / "taken.csv"
     a_file.write_text("keep me")
     assert cli.main(["export", "--db", str(db), "--out", str(a_file)]) == 2
-    assert capsys.readouterr().err == f"error: cannot write the CSVs into {a_file}: it is a file, not a folder\n"
+    assert capsys.readouterr().err == f"error: cannot write the tables into {a_file}: it is a file, not a folder\n"
     assert a_file.read_text() == "keep me"
 
     assert cli.main(["export", "--db", str(db), "--out", str(a_file / "boards")]) == 2  # OSError: not a folder
-    assert capsys.readouterr().err.startswith(f"error: cannot write the CSVs into {a_file / 'boards'}: Not a directory")
+    assert capsys.readouterr().err.startswith(f"error: cannot write the tables into {a_file / 'boards'}: Not a directory")
 
     assert cli.main(["export", "--db", str(db), "--matrix", "nope"]) == 2
     assert capsys.readouterr().err == f"error: no matrix 'nope' in {db} (it holds: 'mx')\n"
@@ -384,7 +384,7 @@ def test_export_to_a_file_or_a_read_only_folder_and_unknown_matrices_are_clear_e
         locked.chmod(0o500)
         assert cli.main(["export", "--db", str(db), "--out", str(locked / "boards")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"error: cannot write the CSVs into {locked / 'boards'}: Permission denied"), err
+        assert err.startswith(f"error: cannot write the tables into {locked / 'boards'}: Permission denied"), err
         assert cli.main(["export", "--db", str(db), "--out", str(locked)]) == 2
         assert "Permission denied" in capsys.readouterr().err
 

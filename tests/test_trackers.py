@@ -54,14 +54,14 @@ def test_the_trainer_gets_report_to_and_the_run_id_as_run_name(tiny_models, tiny
     from harness import train
 
     seen = {}
-    real = train.build_trainer
+    real = train.Setup.arguments
 
-    def spy(*args, **kwargs):
-        trainer = real(*args, **kwargs)
-        seen.update(report_to=trainer.args.report_to, run_name=trainer.args.run_name)
-        return trainer
+    def spy(setup):
+        arguments = real(setup)
+        seen.update(report_to=arguments["report_to"], run_name=arguments["run_name"])
+        return arguments
 
-    monkeypatch.setattr(train, "build_trainer", spy)
+    monkeypatch.setattr(train.Setup, "arguments", spy)  # what every task's trainer is built from
     spec = matrix.load(write_matrix(tmp_path, matrix_text(tiny_models, tiny_dataset))).runs[1]
     record = runner.execute(spec, sweep="t", run_dir=tmp_path / "run", progress=False)
     assert record.status == "done", record.error
