@@ -97,13 +97,24 @@ def lock_mismatches(lock: Path | None = None) -> list[str]:
     lock = lock or LOCK_FILE
     if not lock.is_file():
         return []
-    installed = {_normalize(d.metadata["Name"]): d.version for d in metadata.distributions() if d.metadata["Name"]}
+    installed = installed_versions()
     found = []
     for name, wanted in sorted(locked_versions(lock).items()):
         have = installed.get(name)
         if have is not None and have != wanted:
             found.append(f"{name} {have} (lock {wanted})")
     return found
+
+
+def installed_versions() -> dict[str, str]:
+    """{package: version} of what is installed in this environment's site-packages, as pip freeze
+    lists it: not the copies a package vendors and puts on sys.path when imported (importing
+    setuptools adds its _vendor folder, with older more-itertools and packaging, and peft's BOFT
+    imports setuptools)."""
+    import site
+
+    return {_normalize(d.metadata["Name"]): d.version for d in metadata.distributions(path=site.getsitepackages())
+            if d.metadata["Name"]}
 
 
 def _normalize(name: str) -> str:

@@ -145,7 +145,8 @@ def test_a_task_refuses_a_method_it_cannot_work_with_at_validation(with_fake_tas
 def test_method_info_says_which_methods_keep_the_base_behind_a_peft_adapter():
     found = {name: methods.info(module).peft_adapter for name, module in methods.REGISTRY.items()}
     assert found == {"base": False, "full": False, "transfer": False, "lora": True, "adapter": False,
-                     "qlora": True, "prefix": True, "prompt": True, "ia3": True}
+                     "qlora": True, "prefix": True, "prompt": True, "ia3": True, "peft": True,
+                     **{name: True for name in ("loha", "lokr", "vera", "oft", "boft", "hra", "ln_tuning")}}
     assert not methods.info(methods.REGISTRY["base"]).trains
 
 

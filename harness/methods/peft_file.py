@@ -25,6 +25,7 @@ from harness.methods.common import save_pretrained as save  # noqa: F401 (the me
 
 NAME = "peft"
 TRAINS = True
+PEFT_ADAPTER = True  # any peft adapter: disabling it gives the base back (see harness.methods.Method)
 SHORTHAND = "config"  # `peft: <path>` means `peft: {config: <path>}`
 CONFIG_FILE = "adapter_config.json"
 

@@ -23,6 +23,7 @@ class PeftMethod:
     NAME: str
     Options: type[peft_options.PeftOptions]
     TRAINS: bool = True
+    PEFT_ADAPTER: bool = True  # a peft adapter over the frozen base: disabling it gives the base back
 
     def apply(self, model, options: dict, family: str, head: str):
         return peft_options.apply(self.Options, model, options, head)
