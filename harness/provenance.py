@@ -1,7 +1,7 @@
 """What produced a result and what identifies it: library versions, the lock file's hash, the
 project's git revision, and stable hashes of JSON-able data (run_ids, probe cache keys).
 
-The lock (requirements.lock beside pyproject.toml, written by pip-compile: README "Dependencies")
+The lock (requirements.lock beside pyproject.toml, written by pip-compile: docs/dependencies.md)
 is the set of versions the project is tested with; `lock_mismatches` says which installed
 packages differ from it, so a sweep can warn before its numbers stop being comparable.
 """
