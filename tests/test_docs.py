@@ -49,7 +49,8 @@ PROOF = {
     ],
     "tests/test_faults.py + tests/test_bad_input.py": [
         "harness sweep FILE [--db PATH] [--force [RUN_ID\\|all]] [--no-retry-failed] [--strict] "
-        "[--workers N] [--in-process] [--executor ray ...] [--quiet]",
+        "[--workers N] [--in-process] [--executor ray [--ray-address ADDR] [--cpus-per-run N] [--gpus-per-run N]] "
+        "[--quiet]",
     ],
     "bench/bench_overhead.py": [
         "harness sweep MATRIX --db DB", "harness sweep MATRIX --db DB --quiet",
@@ -59,7 +60,9 @@ PROOF = {
         "harness ingest", "harness ingest [PATH...] [--db PATH]",
         "harness ingest results/runs --db results/harness-rebuilt.duckdb",
     ],
-    "tests/test_bad_input.py": ["harness export [--matrix NAME] [--out DIR] [--db PATH]"],
+    "tests/test_bad_input.py + tests/test_tables.py + tests/test_trackers.py": [
+        "harness export [--matrix NAME] [--format csv\\|parquet\\|md\\|latex] [--out DIR] [--mlflow DIR] [--db PATH]",
+    ],
     "tests/test_tables.py": ["harness export", "harness export --format md"],
     "tests/test_trackers.py": ["harness export --mlflow DIR"],
 }
@@ -215,6 +218,23 @@ def test_every_docs_command_is_mapped_to_a_test_or_bench_that_runs_it():
         needed = path + [w.strip("[]") for w in words if FLAG.match(w.strip("[]"))]
         unproven += [f"{proof}: {command}: {w}" for w in needed if not re.search(rf"""["']{w}[\s"']""", source)]
     assert unproven == []
+
+
+def test_the_commands_page_names_every_subcommand_and_option():
+    page = (ROOT / "docs" / "commands.md").read_text()
+    missing = []
+    parsers = [([], cli._parser())]
+    while parsers:
+        path, parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += [([*path, name], sub) for name, sub in action.choices.items()]
+            elif action.option_strings and not isinstance(action, argparse._HelpAction):
+                if not any(re.search(rf"{o}\b", page) for o in action.option_strings):
+                    missing.append(f"harness {' '.join(path)} {action.option_strings[0]}")
+        if path and f"harness {' '.join(path)}" not in page:
+            missing.append(f"harness {' '.join(path)}")
+    assert missing == []
 
 
 def test_every_matrix_example_in_the_docs_validates(tmp_path):

@@ -393,6 +393,9 @@ def test_executor_settings_are_checked_before_anything_runs(tiny_matrix, tmp_pat
     for args, message in ((["--workers", "0"], "--workers must be at least 1"),
                           (["--in-process", "--workers", "2"], "cannot be combined with --workers"),
                           (["--ray-address", "auto"], "need --executor ray"),
+                          (["--gpus-per-run", "1"], "need --executor ray"),
+                          (["--executor", "ray", "--cpus-per-run", "0"], "--cpus-per-run must be positive (got 0.0)"),
+                          (["--executor", "ray", "--gpus-per-run", "-1"], "--gpus-per-run must be >= 0 (got -1.0)"),
                           (["--executor", "ray", "--workers", "2"], "are for the local executor")):
         assert cli.main(["sweep", str(tiny_matrix), "--db", str(db), *args]) == 2
         err = capsys.readouterr().err
