@@ -9,6 +9,8 @@ import shlex
 from pathlib import Path
 
 import pytest
+import yaml
+import yaml
 
 from harness import cli, matrix
 
@@ -238,9 +240,14 @@ def test_the_commands_page_names_every_subcommand_and_option():
 
 
 def test_every_matrix_example_in_the_docs_validates(tmp_path):
-    examples = [block for doc in DOCS for block in re.findall(r"^```yaml\n(.*?)^```", doc.read_text(), re.S | re.M)
-                if re.search(r"^models:", block, re.M)]
-    assert examples, "docs/matrix.md shows a whole matrix"
-    for i, block in enumerate(examples):
-        (tmp_path / f"example{i}.yaml").write_text(block)
+    """Whole matrices as they are; a fragment (`probes: [...]`) over the first whole one."""
+    blocks = [yaml.safe_load(block) for doc in DOCS
+              for block in re.findall(r"^```yaml\n(.*?)^```", doc.read_text(), re.S | re.M)]
+    whole = [b for b in blocks if isinstance(b, dict) and "models" in b]
+    assert whole, "docs/matrix.md shows a whole matrix"
+    fragments = [{**whole[0], **b} for b in blocks
+                 if isinstance(b, dict) and "models" not in b and b.keys() <= whole[0].keys()]
+    assert fragments, "docs/probes.md shows a probes: line"
+    for i, example in enumerate(whole + fragments):
+        (tmp_path / f"example{i}.yaml").write_text(yaml.safe_dump(example))
         assert matrix.load(tmp_path / f"example{i}.yaml").runs
