@@ -171,7 +171,7 @@ def build_trainer(model, form, train_examples, val_examples, *, lr, training, pl
 def plain_trainer(model, form, train_examples, val_examples, setup: Setup):
     """transformers' Trainer on features the formulation encodes (`encode`, `collator`,
     `compute_loss_func`): classification, seq2seq generation."""
-    return _Trainer(
+    trainer = _Trainer(
         model=model,
         args=TrainingArguments(**setup.arguments()),
         train_dataset=form.encode(train_examples),
@@ -179,6 +179,18 @@ def plain_trainer(model, form, train_examples, val_examples, setup: Setup):
         data_collator=form.collator(),
         compute_loss_func=form.compute_loss_func,
     )
+    # How the loss is normalised over gradient accumulation and processes (tests/test_distributed.py):
+    if form.compute_loss_func is None:
+        # The model's own loss here (a classifier head's, a seq2seq model's) is a batch mean that
+        # ignores `num_items_in_batch`; the Trainer assumes any model taking **kwargs normalises by
+        # it, and then neither divides the loss by the accumulation steps nor undoes its
+        # multiplication by the process count: losses and gradients N times too large.
+        trainer.model_accepts_loss_kwargs = False
+    else:
+        # The formulation's loss divides by `num_items_in_batch` and has one label per example;
+        # on a causal LM the Trainer counts labels[..., 1:] (next-token labels), one short per batch.
+        trainer._loss_shifts_labels = False
+    return trainer
 
 
 def sft_trainer(model, form, train_examples, val_examples, setup: Setup):
