@@ -125,6 +125,8 @@ class RunRecord:
     started_at: str | None = None
     finished_at: str | None = None
     host: str | None = None
+    node: str | None = None  # the cluster node that ran it (Ray's node id); None on the local executors
+    processes: int = 1  # how many processes trained it (training.processes_per_run, harness.distributed)
     versions: dict[str, str] = field(default_factory=dict)
     metrics: list[Metric] = field(default_factory=list)
     curves: list[CurvePoint] = field(default_factory=list)

@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY, sweep VARCHAR, matrix VARCHAR, model VARCHAR, method VARCHAR,
     task VARCHAR, seed INTEGER, config JSON, status VARCHAR, primary_metric VARCHAR,
     error VARCHAR, traceback VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
-    host VARCHAR, versions JSON);
+    host VARCHAR, versions JSON, node VARCHAR, processes INTEGER DEFAULT 1);
 CREATE TABLE IF NOT EXISTS matrix_runs (matrix VARCHAR, run_id VARCHAR, PRIMARY KEY (matrix, run_id));
 CREATE TABLE IF NOT EXISTS metrics (
     run_id VARCHAR, kind VARCHAR, name VARCHAR, split VARCHAR, value DOUBLE, stderr DOUBLE);
@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS probe_baselines (
     metric VARCHAR, higher_is_better BOOLEAN, computed_at TIMESTAMP,
     PRIMARY KEY (model, probe, config_hash));
 """
+# Columns runs gained after stores were first written (added when a store is opened for writing;
+# a store not written since reads as if they held the record's defaults).
+RUN_COLUMNS_ADDED = {"node": ("VARCHAR", None), "processes": ("INTEGER DEFAULT 1", 1)}
 # Columns probe_baselines gained after stores were first written (added on the first write).
 PROBE_BASELINE_COLUMNS = {"metric": "VARCHAR", "higher_is_better": "BOOLEAN", "computed_at": "TIMESTAMP"}
 
@@ -72,7 +75,8 @@ TRAJECTORY_COLUMNS = ("step", "fraction", "kind", "name", "split", "value", "std
 UPDATE_COLUMNS = ("module", "kind", "rows", "cols", "base_norm", "update_norm", "relative", "effective_rank",
                   "singular_values", "head")
 RUN_COLUMNS = ("run_id", "sweep", "matrix", "model", "method", "task", "seed", "config", "status",
-               "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions")
+               "primary_metric", "error", "traceback", "started_at", "finished_at", "host", "versions",
+               *RUN_COLUMNS_ADDED)
 
 class StoreError(RuntimeError):
     pass
@@ -159,6 +163,8 @@ class Store:
 
     def _ensure_schema(self, con) -> None:
         con.execute(SCHEMA)
+        for column, (sql_type, _) in RUN_COLUMNS_ADDED.items():
+            con.execute(f"ALTER TABLE runs ADD COLUMN IF NOT EXISTS {column} {sql_type}")
         found = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if found is None:
             con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
@@ -562,10 +568,11 @@ class Store:
 
     def run(self, run_id: str) -> dict | None:
         """Every column of one run, with `config` and `versions` parsed; None if absent."""
-        df = self.query(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
+        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])  # *: old stores lack RUN_COLUMNS_ADDED
         if df.empty:
             return None
         row = {k: (None if _missing(v) else v) for k, v in df.iloc[0].items()}
+        row |= {column: default for column, (_, default) in RUN_COLUMNS_ADDED.items() if column not in row}
         for key in ("config", "versions"):
             row[key] = json.loads(row[key]) if row[key] else {}
         return row

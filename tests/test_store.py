@@ -164,6 +164,25 @@ def test_store_from_a_newer_schema_is_refused(tmp_path):
         Store(path).runs()
 
 
+def test_a_store_from_before_the_node_and_processes_columns_reads_and_gains_them(tmp_path):
+    import duckdb
+
+    path = tmp_path / "h.duckdb"
+    Store(path).write_record(make_record("old"))
+    con = duckdb.connect(str(path))
+    for column in ("node", "processes"):  # the runs table as stores written before them have it
+        con.execute(f"ALTER TABLE runs DROP COLUMN {column}")
+    con.close()
+    store = Store(path)
+    assert (store.run("old")["node"], store.run("old")["processes"]) == (None, 1)  # read-only: no migration
+    record = make_record("new")
+    record.node, record.processes = "ray-node-b", 2
+    store.write_record(record)
+    assert (store.run("old")["node"], store.run("old")["processes"]) == (None, 1)  # a default, not NULL
+    assert (store.run("new")["node"], store.run("new")["processes"]) == ("ray-node-b", 2)
+    assert set(store.runs()["run_id"]) == {"new", "old"}
+
+
 def test_leaderboard_picks_each_methods_learning_rate_on_validation_not_test(tmp_path):
     store = Store(tmp_path / "h.duckdb")
     # lr 1e-3: better on validation (two seeds), worse on test; lr 1e-2: the reverse
