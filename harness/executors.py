@@ -78,7 +78,7 @@ def execute_here(spec: RunSpec, job: Job, threads: int | None = None) -> RunReco
 
 def _worker_main(conn, spec: RunSpec, job: Job, env: dict[str, str], threads: int) -> None:
     """A local worker process: one run, its record sent back through `conn`, then exit."""
-    _die_with_parent()
+    die_with_parent()
     _die_with_reader(conn)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle: it stops us
     os.environ.clear()
@@ -101,7 +101,7 @@ def _worker_main(conn, spec: RunSpec, job: Job, env: dict[str, str], threads: in
     conn.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent dies, so a killed sweep leaves no
     worker behind; elsewhere a thread watches the parent instead."""
     parent = os.getppid()
@@ -278,11 +278,7 @@ def died(spec: RunSpec, job: Job, error: str, dump: str | None = None) -> RunRec
     """A `failed` record for a run whose worker never returned one."""
     from harness import runner
 
-    record = runner.new_record(spec, job.sweep, status="failed")
-    record.error = error
-    record.traceback = (dump or "").strip() or None
-    record.finished_at = runner.now()
-    return record
+    return runner.failed_record(spec, job.sweep, error, dump)
 
 
 SIGNAL_HINTS = {

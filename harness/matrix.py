@@ -74,6 +74,12 @@ class TrainingConfig(Strict):
         "auto", description="compute dtype (autocast over float32 weights); auto: bfloat16 on "
         "CUDA when supported, float32 on CPU"
     )
+    processes_per_run: int = Field(
+        1, ge=1, le=64, description="processes that train one run together, data parallel through the Trainer's "
+        "DDP (harness/distributed.py): one GPU each on CUDA, gloo processes on the CPU. Each takes batch_size "
+        "examples per step, so a step trains on batch_size x processes_per_run (x gradient_accumulation_steps) "
+        "examples; process 0 alone scores, probes and saves. See docs/distributed.md"
+    )
     keep_artifact: bool = Field(
         True, description="keep the saved weights/adapter under results/runs/<run_id>/artifact "
         "(its size is recorded either way)"
@@ -107,7 +113,7 @@ class TrainingConfig(Strict):
 NON_RESULT_FIELDS = {"keep_artifact", "num_samples", "report_to"}
 # Training options added after runs were stored, at the value that behaves as before they
 # existed: left out of the run_id, so those stored runs keep their ids.
-ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None}
+ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None, "processes_per_run": 1}
 
 
 class Selector(Strict):
@@ -620,6 +626,10 @@ def _merge(layers: list[tuple[str, dict]]) -> tuple[dict, dict]:
     return merged, origin
 
 
+# Names a user may reach for that the schema calls otherwise.
+OTHER_NAMES = {"gpus_per_run": "processes_per_run: one GPU per process on CUDA, and it reads right on the CPU"}
+
+
 def _pydantic_problems(err: ValidationError, origin: dict | None = None, default: str = "") -> list[tuple[str, str]]:
     """(field path, what was expected) per pydantic error; `origin` maps option keys to the
     layer (field path) that set them, for options merged from several places (`default` for
@@ -631,7 +641,7 @@ def _pydantic_problems(err: ValidationError, origin: dict | None = None, default
         where = ".".join(x for x in [head, _format_loc(loc)] if x) or "(top level)"
         what = e["msg"]
         if e["type"] == "extra_forbidden":
-            what = "unknown field"
+            what = "unknown field" + (f" (did you mean {OTHER_NAMES[loc[-1]]}?)" if loc and loc[-1] in OTHER_NAMES else "")
         elif e["type"] == "missing":
             what = "required field is missing"
         elif "input" in e:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from harness import catalog, methods, metrics, provenance, tasks, updates
+from harness import catalog, distributed, methods, metrics, provenance, tasks, updates
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
@@ -35,10 +35,22 @@ def new_record(spec: RunSpec, sweep: str, status: str = "pending") -> RunRecord:
     )
 
 
+def failed_record(spec: RunSpec, sweep: str, error: str, details: str | None = None) -> RunRecord:
+    """A `failed` record for a run that never produced its own (its process died, ...)."""
+    record = new_record(spec, sweep, status="failed")
+    record.error = error
+    record.traceback = (details or "").strip() or None
+    record.finished_at = now()
+    return record
+
+
 def execute(spec: RunSpec, *, sweep: str, run_dir: Path, progress: bool = True,
             baselines: Mapping | None = None) -> RunRecord:
     """Run one spec. `baselines`: the base probe scores the sweep already has ({(model, probe,
-    config_hash): score}); base scores this run computes come back in `record.probe_baselines`."""
+    config_hash): score}); base scores this run computes come back in `record.probe_baselines`.
+    A run with `processes_per_run` > 1 is trained by that many processes (harness.distributed)."""
+    if distributed.launches(spec):
+        return distributed.launch(spec, sweep=sweep, run_dir=run_dir, baselines=baselines)
     record = new_record(spec, sweep, status="running")
     record.started_at = now()
     try:
@@ -83,6 +95,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     placement = models.place(training["device"], training["dtype"])
     record.config["placement"] = {"device": placement.device, "dtype": placement.dtype,
                                   "torch_threads": torch.get_num_threads()}
+    record.processes = distributed.world_size()
     set_seed(spec.seed)
 
     model_path = catalog.resolve(spec.model, "model", Path(spec.base_dir))
@@ -124,6 +137,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
                           work_dir=run_dir / "trainer", run_name=spec.run_id)
             result = train(model, form, splits["train"], splits["validation"], setup, progress=progress,
                            callbacks=[checkpoints] if checkpoints else ())
+            if not distributed.is_main():  # process 0 of a multi-process run does the rest
+                return
             if checkpoints:  # their time is not training's
                 result.wall_time_s -= checkpoints.trajectory.seconds
                 record.add_metric("efficiency", "checkpoint_time_s", checkpoints.trajectory.seconds)
@@ -166,7 +181,7 @@ _OPEN_TRACKERS = []  # the trackers of the run in progress
 
 def _open_trackers(spec: RunSpec, run_dir: Path) -> None:
     """`training.report_to`: the run's trackers, named by its run_id (harness.trackers)."""
-    if spec.training.get("report_to"):
+    if spec.training.get("report_to") and distributed.is_main():
         from harness import trackers
 
         _OPEN_TRACKERS.append(trackers.Tracked(spec.training["report_to"], spec, run_dir))

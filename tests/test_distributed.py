@@ -1,15 +1,20 @@
-"""The loss normalisation that lets several processes train as one: gradient accumulation
-counts examples as one step of the whole batch does."""
+"""One run across several processes (harness/distributed.py): two gloo processes train one tiny
+run as one process does at twice the batch, the record and the store say how many processes
+trained it, a run whose processes die fails with their output kept; and the loss normalisation
+that makes the equality hold (gradient accumulation counts examples as the processes do)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
-from harness import matrix, runner
+from harness import distributed, matrix, runner
+from harness.store import Store
 from tests.conftest import write_matrix
 
-# Accumulated and whole batches differ only in the order of float additions.
+# Two processes and one differ only in the order of float additions (gloo's all-reduce of the
+# gradients, the sum of two half-batch losses): measured differences are ~1e-7.
 TOLERANCE = 1e-5
 
 
@@ -33,6 +38,57 @@ def run(spec: matrix.RunSpec, results: Path):
 
 def losses(record) -> list[float]:
     return [point["loss"] for point in record.curves if point["loss"] is not None]
+
+
+@pytest.mark.cluster
+def test_two_processes_train_a_run_as_one_process_at_twice_the_batch(tiny_models, tiny_dataset, tmp_path):
+    full = "{full: {lr: 1.0e-3}}"
+    two = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", full, "batch_size: 8, processes_per_run: 2")
+    one = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", full, "batch_size: 16")
+    assert two.run_id != one.run_id
+    results = tmp_path / "results"
+    together, alone = run(two, results), run(one, results)
+
+    assert (together.processes, alone.processes) == (2, 1)
+    assert len(losses(together)) == len(losses(alone)) == 4  # 64 examples, 16 a step
+    assert losses(together) == pytest.approx(losses(alone), rel=TOLERANCE)
+    assert together.metric("loss", "test") == pytest.approx(alone.metric("loss", "test"), rel=TOLERANCE)
+    assert together.metric("accuracy", "test") == alone.metric("accuracy", "test")
+    assert together.metric("train_tokens", kind="efficiency") == alone.metric("train_tokens", kind="efficiency")
+    weights = [load_file(results / "runs" / spec.run_id / "artifact" / "model.safetensors") for spec in (two, one)]
+    assert weights[0].keys() == weights[1].keys()
+    differences = {k: (weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]}
+    # Attention key biases get a zero gradient in exact arithmetic (softmax ignores a shift shared by
+    # all keys): Adam scales their rounding noise up to steps of about lr, as in any two runs that
+    # add the same floats in another order. Every other weight agrees within TOLERANCE.
+    shift_invariant = {k for k in differences if k.endswith("attention.self.key.bias")}
+    assert len(shift_invariant) == 2
+    assert max(differences[k] for k in differences.keys() - shift_invariant) < TOLERANCE
+    assert max(differences[k] for k in shift_invariant) <= 4 * 1.0e-3  # 4 steps at lr 1e-3
+    changed = [record.metric("mean_relative_update", kind="update") for record in (together, alone)]
+    assert changed[0] == pytest.approx(changed[1], rel=1e-3) and changed[1] > 1e-3  # both trained, alike
+    folder = results / "runs" / two.run_id
+    assert not (folder / distributed.HANDOFF_DIR).exists() and not (folder / distributed.LOG_FILE).exists()
+
+    store = Store(results / "harness.duckdb")
+    store.write_record(together)
+    store.write_record(alone)
+    assert (store.run(two.run_id)["processes"], store.run(one.run_id)["processes"]) == (2, 1)
+
+
+def test_processes_that_die_without_a_result_fail_the_run_with_their_output(tiny_models, tiny_dataset, tmp_path,
+                                                                          monkeypatch):
+    spec = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", "{full: {lr: 1.0e-3}}",
+                    "batch_size: 8, processes_per_run: 2")
+    folder = tmp_path / "runs" / spec.run_id
+    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, stdout, **k: (
+        stdout.write("process 1: RuntimeError: gloo connection refused\n"), type("Done", (), {"returncode": 1}))[1])
+    record = runner.execute(spec, sweep="s", run_dir=folder, progress=False)
+    assert record.status == "failed" and record.processes == 1
+    assert record.error == (f"the run's 2 training processes exited with status 1 without a result (their output: "
+                            f"{folder / distributed.LOG_FILE})")
+    assert "gloo connection refused" in record.traceback
+    assert (folder / distributed.LOG_FILE).exists() and not (folder / distributed.HANDOFF_DIR).exists()
 
 
 @pytest.mark.parametrize("model, method", [("encoder", "{full: {lr: 1.0e-3}}"), ("decoder", "{lora: {lr: 1.0e-2, r: 4, dropout: 0.0}}")])

@@ -63,6 +63,8 @@ def test_expansion_is_models_x_methods_x_tasks_x_seeds(tmp_path):
         (("{train_size: 100, test_size: 50}", "{dataset: imdb}"), "tasks[0].sentiment.dataset: unknown dataset 'imdb'"),
         (("{epochs: 2, batch_size: 8}", "{epochs: 2, batch_size: 0}"), "training.batch_size: Input should be greater than 0 (got 0)"),
         (("{epochs: 2, batch_size: 8}", "{epochs: 2, batch_sise: 8}"), "training.batch_sise: unknown field"),
+        (("{epochs: 2, batch_size: 8}", "{epochs: 2, gpus_per_run: 2}"), "training.gpus_per_run: unknown field (did you mean processes_per_run:"),
+        (("{epochs: 2, batch_size: 8}", "{epochs: 2, processes_per_run: 0}"), "training.processes_per_run: Input should be greater than or equal to 1 (got 0)"),
         (("{epochs: 2, batch_size: 8}", "{epochs: 2, device: tpu}"), "training.device: Input should be 'auto', 'cpu' or 'cuda'"),
         (("seeds: [0, 1]", "seeds: [0, 0]"), "seeds[1]: duplicate entry 0"),
         (("seeds: [0, 1]", "seeds: [-1]"), "seeds: Value error, seeds must be >= 0"),
@@ -159,11 +161,12 @@ def test_run_id_changes_with_results_not_with_bookkeeping(tmp_path):
     assert base[("minilm-l6", "lora", 0)] == lr[("minilm-l6", "lora", 0)]
     assert keep == base
     # an option added later: at its old behaviour the stored runs keep their ids, otherwise new ones
-    for value, same in (("false", True), ("true", False)):
-        grouped = {(r.model, r.method, r.seed): r.run_id for r in load_text(
-            tmp_path, VALID.replace("batch_size: 8}", f"batch_size: 8, group_by_length: {value}}}"), "d.yaml").runs}
-        assert (grouped == base) is same
-        assert not set(grouped.values()) & set(base.values()) or same
+    for option, value, same in (("group_by_length", "false", True), ("group_by_length", "true", False),
+                                ("processes_per_run", "1", True), ("processes_per_run", "2", False)):
+        added = {(r.model, r.method, r.seed): r.run_id for r in load_text(
+            tmp_path, VALID.replace("batch_size: 8}", f"batch_size: 8, {option}: {value}}}"), "d.yaml").runs}
+        assert (added == base) is same, (option, value)
+        assert not set(added.values()) & set(base.values()) or same
 
 
 def test_run_spec_round_trips(tmp_path):
