@@ -429,7 +429,11 @@ class RayExecutor:
 
 
 def _ray_task(spec: RunSpec, job: Job, threads: int) -> RunRecord:
-    return execute_here(spec, job, threads)
+    import ray
+
+    record = execute_here(spec, job, threads)
+    record.node = ray.get_runtime_context().get_node_id()  # the host name alone cannot tell two nodes of one machine
+    return record
 
 
 def _ray_on_loopback_only() -> None:

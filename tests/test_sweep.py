@@ -208,9 +208,9 @@ MEASURED = {"train_time_s", "eval_time_s", "train_tokens_per_s", "peak_memory_mb
 
 def comparable(record: records.RunRecord) -> dict:
     """A record without what differs between two executions of the same run: the sweep, the
-    timestamps, the host, and the measured times, throughput and memory."""
+    timestamps, the host and node, and the measured times, throughput and memory."""
     data = record.to_dict()
-    for key in ("sweep", "started_at", "finished_at", "host"):
+    for key in ("sweep", "started_at", "finished_at", "host", "node"):
         data.pop(key)
     data["metrics"] = [m for m in data["metrics"] if m["name"] not in MEASURED]
     return data
