@@ -49,8 +49,11 @@ def is_main() -> bool:
 
 
 def launches(spec: RunSpec) -> bool:
-    """Whether this process must start the run's processes instead of running it itself."""
-    return processes(spec) > 1 and IN_RUN_ENV not in os.environ
+    """Whether this process must start the run's processes instead of running it itself (a
+    method that trains nothing, `base`, is scored by one process)."""
+    from harness import methods
+
+    return processes(spec) > 1 and IN_RUN_ENV not in os.environ and methods.REGISTRY[spec.method].TRAINS
 
 
 # --------------------------------------------------------------------------- in the worker

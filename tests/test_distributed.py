@@ -91,6 +91,14 @@ def test_processes_that_die_without_a_result_fail_the_run_with_their_output(tiny
     assert (folder / distributed.LOG_FILE).exists() and not (folder / distributed.HANDOFF_DIR).exists()
 
 
+def test_only_runs_that_train_start_several_processes(tiny_models, tiny_dataset, tmp_path, monkeypatch):
+    trains = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", "{full: {lr: 1.0e-3}}", "processes_per_run: 2")
+    scores = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", "base", "processes_per_run: 2")
+    assert distributed.launches(trains) and not distributed.launches(scores)
+    monkeypatch.setenv(distributed.IN_RUN_ENV, "2")  # inside one of the run's processes
+    assert not distributed.launches(trains)
+
+
 @pytest.mark.parametrize("model, method", [("encoder", "{full: {lr: 1.0e-3}}"), ("decoder", "{lora: {lr: 1.0e-2, r: 4, dropout: 0.0}}")])
 def test_accumulated_steps_train_as_one_step_of_their_total_batch(tiny_models, tiny_dataset, tmp_path, model, method):
     """The classifier's own loss (a batch mean) and the verbalizer's (a sum over examples divided
