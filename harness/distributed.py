@@ -78,9 +78,10 @@ def launch(spec: RunSpec, *, sweep: str, run_dir: Path, baselines: Mapping | Non
     record = pickle.loads(outbox.read_bytes()) if outbox.exists() else None
     shutil.rmtree(handoff, ignore_errors=True)
     if record is None:
-        return runner.failed_record(
+        record = runner.failed_record(
             spec, sweep, f"the run's {n} training processes exited with status {code} without a result "
             f"(their output: {log})", _tail(log))
+        record.processes = n
     if record.status in records.FINISHED:
         log.unlink(missing_ok=True)
     return record

@@ -1,9 +1,11 @@
 """One run across several processes (harness/distributed.py): two gloo processes train one tiny
 run as one process does at twice the batch, the record and the store say how many processes
-trained it, a run whose processes die fails with their output kept; and the loss normalisation
+trained it, a run whose processes die fails with their output kept, a CUDA run short of GPUs
+fails before training, `base` runs in one process; and the loss normalisation
 that makes the equality hold (gradient accumulation counts examples as the processes do)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -84,11 +86,26 @@ def test_processes_that_die_without_a_result_fail_the_run_with_their_output(tiny
     monkeypatch.setattr(distributed.subprocess, "run", lambda *a, stdout, **k: (
         stdout.write("process 1: RuntimeError: gloo connection refused\n"), type("Done", (), {"returncode": 1}))[1])
     record = runner.execute(spec, sweep="s", run_dir=folder, progress=False)
-    assert record.status == "failed" and record.processes == 1
+    assert record.status == "failed" and record.processes == 2
     assert record.error == (f"the run's 2 training processes exited with status 1 without a result (their output: "
                             f"{folder / distributed.LOG_FILE})")
     assert "gloo connection refused" in record.traceback
     assert (folder / distributed.LOG_FILE).exists() and not (folder / distributed.HANDOFF_DIR).exists()
+
+
+def test_a_run_on_cuda_with_fewer_gpus_than_processes_fails_before_training(tiny_models, tiny_dataset, tmp_path,
+                                                                          monkeypatch):
+    import torch
+
+    spec = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", "{full: {lr: 1.0e-3}}", "processes_per_run: 2")
+    spec = replace(spec, training={**spec.training, "device": "cuda"})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: pytest.fail("started processes"))
+    record = runner.execute(spec, sweep="s", run_dir=tmp_path / "runs" / spec.run_id, progress=False)
+    assert record.status == "failed"
+    assert record.error.startswith("training.processes_per_run 2: on CUDA each process needs its own GPU and this "
+                                   "run sees 1"), record.error
 
 
 def test_only_runs_that_train_start_several_processes(tiny_models, tiny_dataset, tmp_path, monkeypatch):
