@@ -71,10 +71,7 @@ def launch(spec: RunSpec, *, sweep: str, run_dir: Path, baselines: Mapping | Non
     handoff.mkdir(parents=True)
     inbox, outbox = handoff / "run.pkl", handoff / "record.pkl"
     inbox.write_bytes(pickle.dumps((spec, sweep, str(run_dir), dict(baselines or {}))))
-    command = [sys.executable, "-m", "harness.distributed", "launch", str(n), str(inbox), str(outbox)]
-    with open(log, "w") as out:
-        code = subprocess.run(command, env=_environment(n), stdout=out, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL).returncode
+    code = _run_processes(n, inbox, outbox, log)
     record = pickle.loads(outbox.read_bytes()) if outbox.exists() else None
     shutil.rmtree(handoff, ignore_errors=True)
     if record is None:
@@ -85,6 +82,14 @@ def launch(spec: RunSpec, *, sweep: str, run_dir: Path, baselines: Mapping | Non
     if record.status in records.FINISHED:
         log.unlink(missing_ok=True)
     return record
+
+
+def _run_processes(n: int, inbox: Path, outbox: Path, log: Path) -> int:
+    """torchrun's exit status; every process's output goes to `log`."""
+    command = [sys.executable, "-m", "harness.distributed", "launch", str(n), str(inbox), str(outbox)]
+    with open(log, "w") as out:
+        return subprocess.run(command, env=_environment(n), stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
 
 
 def _environment(n: int) -> dict[str, str]:

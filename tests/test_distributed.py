@@ -83,8 +83,11 @@ def test_processes_that_die_without_a_result_fail_the_run_with_their_output(tiny
     spec = spec_for(tmp_path, tiny_models, tiny_dataset, "encoder", "{full: {lr: 1.0e-3}}",
                     "batch_size: 8, processes_per_run: 2")
     folder = tmp_path / "runs" / spec.run_id
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, stdout, **k: (
-        stdout.write("process 1: RuntimeError: gloo connection refused\n"), type("Done", (), {"returncode": 1}))[1])
+    def processes_that_die(n, inbox, outbox, log):
+        log.write_text("process 1: RuntimeError: gloo connection refused\n")
+        return 1
+
+    monkeypatch.setattr(distributed, "_run_processes", processes_that_die)
     record = runner.execute(spec, sweep="s", run_dir=folder, progress=False)
     assert record.status == "failed" and record.processes == 2
     assert record.error == (f"the run's 2 training processes exited with status 1 without a result (their output: "
@@ -101,7 +104,7 @@ def test_a_run_on_cuda_with_fewer_gpus_than_processes_fails_before_training(tiny
     spec = replace(spec, training={**spec.training, "device": "cuda"})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(distributed.subprocess, "run", lambda *a, **k: pytest.fail("started processes"))
+    monkeypatch.setattr(distributed, "_run_processes", lambda *a: pytest.fail("started processes"))
     record = runner.execute(spec, sweep="s", run_dir=tmp_path / "runs" / spec.run_id, progress=False)
     assert record.status == "failed"
     assert record.error.startswith("training.processes_per_run 2: on CUDA each process needs its own GPU and this "
