@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 
-from harness import catalog, distributed, methods, metrics, provenance, tasks, updates
+from harness import catalog, distributed, methods, metrics, phases, provenance, tasks, updates
 from harness.matrix import RunSpec
 from harness.methods.common import NotApplicable
 from harness.records import RunRecord
@@ -86,8 +86,9 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     from harness import models
     from harness.methods.common import count_parameters
     from harness.reference import Reference, RunContext
-    from harness.train import Setup, peak_memory, train
+    from harness.train import peak_memory
 
+    clock = phases.Clock(record)
     task = tasks.REGISTRY[spec.task]
     metrics.load_in_background(task.METRIC_MODULES)
     method = methods.REGISTRY[spec.method]
@@ -107,7 +108,9 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     splits = task.load_splits(spec.task_options, spec.base_dir)
     model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
                               **methods.load_kwargs(method, spec.method_options, placement))
+    clock.lap(phases.LOAD)
     before = _probe_fingerprint(spec, method, model, tokenizer)
+    clock.lap(phases.PROBES)
     loaded = updates.base_parameters(model, new_head=head != "causal_lm")
     model = method.apply(model, spec.method_options, family, head)
     trainable, total = count_parameters(model)
@@ -116,6 +119,7 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     record.add_metric("efficiency", "trainable_pct", 100.0 * trainable / total)
     if method.TRAINS:
         _check_method_runs(spec, model, tokenizer, form, splits["train"], family)
+    clock.lap(phases.APPLY)
 
     def load_untrained():
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
@@ -128,45 +132,32 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     checkpoints = _checkpoints(spec, record, task, form, model, splits["validation"], placement, autocast,
                                probe_context)
     _open_trackers(spec, run_dir)  # closed by `execute`, once the run's state is known
-    with peak_memory(placement.device) as peak:
-        if getattr(task, "NEEDS_REFERENCE", False):  # inside: a frozen reference copy counts in the peak
-            form.bind(RunContext(Reference(model, load_untrained, trained=method.TRAINS), run_dir.parent,
-                                 Path(spec.base_dir)))
-        if method.TRAINS:
-            setup = Setup(lr=spec.method_options["lr"], training=training, placement=placement, seed=spec.seed,
-                          work_dir=run_dir / "trainer", run_name=spec.run_id)
-            result = train(model, form, splits["train"], splits["validation"], setup, progress=progress,
-                           callbacks=[checkpoints] if checkpoints else ())
-            if not distributed.is_main():  # process 0 of a multi-process run does the rest
-                return
-            if checkpoints:  # their time is not training's
-                result.wall_time_s -= checkpoints.trajectory.seconds
-                record.add_metric("efficiency", "checkpoint_time_s", checkpoints.trajectory.seconds)
-            _record_training(record, result)
-            _save_artifact(method, model, run_dir / "artifact", training["keep_artifact"], record)
-        else:
-            model.to(placement.device)
-            record.add_metric("efficiency", "artifact_mb", 0.0)
-        start = time.perf_counter()
-        with methods.merged_for_scoring(method, model):
-            for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
-                scores, predictions, outcomes = task.score(form, model, splits[split], training["eval_batch_size"],
-                                                           placement.device, autocast,
-                                                           label=f"score {split}" if progress else None)
-                for name, (value, stderr) in scores.items():
-                    record.add_metric("task", name, value, split=split, stderr=stderr)
-                record.items.append(outcomes.entry(split))
-                if split == "test":
-                    record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
-        record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
-    record.add_metric("efficiency", "peak_memory_mb", peak.mb)
-    if spec.probes:
-        from harness import probes
+    with contextlib.ExitStack() as scoring:  # the model stays prepared for scoring through the probes
+        with peak_memory(placement.device) as peak:
+            if getattr(task, "NEEDS_REFERENCE", False):  # inside: a frozen reference copy counts in the peak
+                form.bind(RunContext(Reference(model, load_untrained, trained=method.TRAINS), run_dir.parent,
+                                     Path(spec.base_dir)))
+            if method.TRAINS:
+                result = _train(spec, record, method, model, form, splits, placement, run_dir, progress,
+                                checkpoints, clock)
+                if result is None:  # process 0 of a multi-process run does the rest
+                    return
+            else:
+                model.to(placement.device)
+                record.add_metric("efficiency", "artifact_mb", 0.0)
+            start = time.perf_counter()
+            scoring.enter_context(methods.prepared_for_scoring(method, model))
+            clock.lap(phases.SCORE_SETUP)
+            _score_splits(spec, record, task, form, model, splits, placement, autocast, progress, clock)
+            record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)
+        record.add_metric("efficiency", "peak_memory_mb", peak.mb)
+        if spec.probes:
+            from harness import probes
 
-        computed_during_training = record.probe_baselines
-        with methods.merged_for_scoring(method, model):
+            computed_during_training = record.probe_baselines
             probes.run(record, list(spec.probes), probe_context())
-        record.probe_baselines = computed_during_training + record.probe_baselines
+            record.probe_baselines = computed_during_training + record.probe_baselines
+            clock.lap(phases.PROBES)
     if checkpoints:
         trajectory = checkpoints.finish(result.steps, record.metrics, record.items)
         record.trajectory, record.items = trajectory.rows, record.items + trajectory.items
@@ -174,6 +165,46 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         _record_updates(record, model, loaded, lambda: models.pretrained_weights(
             model_path, head, num_labels=getattr(form, "num_labels", None)))
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    clock.finish()
+
+
+def _train(spec: RunSpec, record: RunRecord, method, model, form, splits: dict, placement, run_dir: Path,
+           progress: bool, checkpoints, clock: phases.Clock):
+    """Train, record the training's figures, save the artifact; None in the processes of a
+    multi-process run other than process 0."""
+    from harness.train import Setup, train
+
+    setup = Setup(lr=spec.method_options["lr"], training=spec.training, placement=placement, seed=spec.seed,
+                  work_dir=run_dir / "trainer", run_name=spec.run_id)
+    clock.lap(phases.TRAIN_SETUP)
+    result = train(model, form, splits["train"], splits["validation"], setup, progress=progress,
+                   callbacks=[checkpoints] if checkpoints else ())
+    if not distributed.is_main():
+        return None
+    checkpoint_s = checkpoints.trajectory.seconds if checkpoints else 0.0
+    if checkpoints:  # their time is not training's
+        result.wall_time_s -= checkpoint_s
+        record.add_metric("efficiency", "checkpoint_time_s", checkpoint_s)
+    _record_training(record, result)
+    clock.lap(phases.TRAIN_SETUP, excluding=result.wall_time_s + checkpoint_s)  # building the trainer
+    _save_artifact(method, model, run_dir / "artifact", spec.training["keep_artifact"], record)
+    clock.lap(phases.SAVE)
+    return result
+
+
+def _score_splits(spec: RunSpec, record: RunRecord, task, form, model, splits: dict, placement, autocast,
+                  progress: bool, clock: phases.Clock) -> None:
+    """Task metrics, item outcomes and (on test) sample rows for every split but train."""
+    for split in [name for name in splits if name != "train"]:  # validation, test, extra eval sets
+        scores, predictions, outcomes = task.score(form, model, splits[split], spec.training["eval_batch_size"],
+                                                   placement.device, autocast,
+                                                   label=f"score {split}" if progress else None)
+        for name, (value, stderr) in scores.items():
+            record.add_metric("task", name, value, split=split, stderr=stderr)
+        record.items.append(outcomes.entry(split))
+        if split == "test":
+            record.samples = task.sample_rows(spec.task_options, splits[split], predictions)
+        clock.lap(phases.SCORE, split=split)
 
 
 _OPEN_TRACKERS = []  # the trackers of the run in progress

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from harness import cli, executors, matrix, methods, records, runner
+from harness import cli, executors, matrix, methods, phases, records, runner
 from harness.store import Store
 from harness.sweep import sweep
 from tests.conftest import tiny_matrix_text, write_matrix
@@ -101,6 +101,30 @@ def test_every_trained_run_records_what_it_changed_in_the_weights(swept, tmp_pat
     assert cli.main(["ingest", str(results / "runs"), "--db", str(tmp_path / "rebuilt.duckdb")]) == 0
     lora = next(spec.run_id for spec in loaded.runs if spec.method == "lora")
     pd.testing.assert_frame_equal(Store(tmp_path / "rebuilt.duckdb").weight_updates(lora), store.weight_updates(lora))
+
+
+def test_every_run_records_where_its_time_went(swept):
+    loaded, store, results, _ = swept
+    trained = [phases.LOAD, phases.APPLY, phases.TRAIN_SETUP, phases.TRAIN, phases.SAVE, phases.SCORE_SETUP,
+               phases.UPDATES]
+    for spec in loaded.runs:
+        record = records.read(results / "runs" / spec.run_id / "record.json")
+        seconds = {(m["name"], m["split"]): m["value"] for m in record.metrics if m["kind"] == "efficiency"
+                   and (m["name"] in phases.COLUMNS or m["name"] == phases.RUN)}
+        expected = trained if spec.method != "base" else [phases.LOAD, phases.APPLY, phases.SCORE_SETUP]
+        assert {(name, None) for name in expected} <= seconds.keys(), (spec.method, sorted(seconds))
+        assert {(phases.SCORE, "validation"), (phases.SCORE, "test")} <= seconds.keys()
+        assert all(value >= 0 for value in seconds.values()), seconds
+        named = sum(value for key, value in seconds.items() if key != (phases.RUN, None))
+        assert named <= seconds[(phases.RUN, None)] + 1e-6
+        assert named >= 0.5 * seconds[(phases.RUN, None)], seconds  # the phases name most of the run
+    table = phases.table(store.run_metrics("tiny"))
+    assert table.loc[("total", ""), "runs"] == 8
+    body = table.drop(index=("total", ""))
+    assert (table.loc[("total", "")] - body.sum()).abs().max() < 1e-9
+    assert (body["other"] >= -1e-6).all()
+    assert (body.xs("full", level="method")[phases.TRAIN] > 0).all()
+    assert (body.xs("base", level="method")[phases.TRAIN] == 0).all()
 
 
 def test_records_match_the_store(swept):
@@ -203,7 +227,7 @@ training: {{batch_size: 8, keep_artifact: false}}
 
 
 MEASURED = {"train_time_s", "eval_time_s", "train_tokens_per_s", "peak_memory_mb", "update_analysis_s",
-            "checkpoint_time_s", "probing_time_s"}
+            "checkpoint_time_s", "probing_time_s", *phases.COLUMNS, phases.RUN}
 
 
 def comparable(record: records.RunRecord) -> dict:

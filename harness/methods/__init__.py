@@ -41,6 +41,8 @@ class Method(Protocol):
     # optional: load_kwargs(options: dict, placement) -> extra from_pretrained arguments (quantization)
     # optional: MERGES_FOR_SCORING = True: peft can merge the adapter into the weights exactly
     #   (up to float rounding), so the trained model is scored merged (`merged_for_scoring`)
+    # optional: scoring_layout(model) -> a context manager the trained model is scored and probed
+    #   in (e.g. qlora: bitsandbytes' inference-only weight layout), see `prepared_for_scoring`
     # optional: PEFT_ADAPTER = True: on decoders the trained parameters are a peft adapter over the
     #   frozen base, so disabling the adapter gives the base back (objectives that need the
     #   untrained model as a reference keep no second copy)
@@ -73,6 +75,13 @@ def merged_for_scoring(method: Method, model):
         yield model
     finally:
         model.unmerge_adapter()
+def prepared_for_scoring(method: Method, model):
+    """The context a trained model is scored and probed in: merged (`merged_for_scoring`), or
+    in the method's own `scoring_layout`, or as it is."""
+    layout = getattr(method, "scoring_layout", None)
+    return layout(model) if layout else merged_for_scoring(method, model)
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """What a task may know about a run's method, at validation time (no torch)."""
