@@ -1,10 +1,13 @@
-"""Scoring a merged adapter (issue 19, target 2): the default sentiment test split scored by the
-packaged models with LoRA and IA3 applied (adapters moved off their identity init, as training
-would), unmerged (peft's forward: the adapter's extra matmuls in every layer) and merged for
-scoring (harness.methods.merged_for_scoring), against the plain model, in one process.
+"""Scoring a trained adapter (issue 19, target 2): the default sentiment test split scored by the
+packaged models with LoRA, IA3 and QLoRA applied (adapters moved off their identity init, as
+training would), as trained (LoRA/IA3: peft's unmerged forward, the adapter's extra matmuls in
+every layer; QLoRA: the 4-bit training layout, de-quantized to fp32 in every forward) and
+prepared for scoring as a run scores them (harness.methods.prepared_for_scoring: LoRA/IA3
+merged, QLoRA in bitsandbytes' fast CPU layout), against the plain fp32 model, in one process.
 
-Prints seconds per scoring pass (best of `--repeats`), the ratios to the plain model, and
-whether the merged predictions equal the unmerged ones.
+Prints seconds per scoring pass (best of `--repeats`), the ratios to the plain model, and how
+many predictions the prepared model shares with the model as trained (LoRA/IA3: all, to float
+rounding; QLoRA: bf16 arithmetic, so a review near the decision boundary may flip).
 
     python bench/bench_merged_scoring.py             # 400 test reviews, SmolLM2-135M and MiniLM-L6
     python bench/bench_merged_scoring.py --quick     # 64 reviews, MiniLM-L6 only
@@ -12,8 +15,10 @@ whether the merged predictions equal the unmerged ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,16 +29,32 @@ sys.path.insert(0, str(ROOT))
 from harness import catalog, methods, models, tasks  # noqa: E402
 
 
-def timed_score(task, form, model, rows, repeats: int):
-    best, predictions = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
+METHODS = ("lora", "ia3", "qlora")
+
+
+def timed_score(task, form, model, rows, prepare=contextlib.nullcontext):
+    """One scoring pass, the preparation (merge, repack) included, as a run pays it."""
+    start = time.perf_counter()
+    with prepare():
         _, predictions, _ = task.score(form, model, rows, 32, "cpu")
-        best = min(best, time.perf_counter() - start)
-    return best, predictions
+    return time.perf_counter() - start, predictions
 
 
-def bench_model(name: str, size: int, repeats: int) -> None:
+def adapted(method_name: str, path, head: str, family: str, form, tokenizer):
+    method = methods.REGISTRY[method_name]
+    options = method.Options().model_dump()
+    model = models.load_model(path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
+                              **methods.load_kwargs(method, options, models.Placement("cpu", "float32")))
+    model = method.apply(model, options, family, head)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param.requires_grad and ("lora_B" in param_name or "ia3_" in param_name):
+                param.add_(0.01 * torch.randn_like(param))
+    return method, model
+
+
+def bench_model(name: str, size: int, repeats: int, method_names: list[str]) -> None:
     task = tasks.REGISTRY["sentiment"]
     options = task.Options(test_size=size).model_dump()
     path = catalog.resolve(name, "model", ROOT)
@@ -43,33 +64,42 @@ def bench_model(name: str, size: int, repeats: int) -> None:
     form = task.formulation(head, tokenizer, options, {"max_length": 128})
     rows = task.load_splits(options, str(ROOT))["test"]
     plain = models.load_model(path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
-    plain_s, _ = timed_score(task, form, plain, rows, repeats)
-    print(f"{name}: plain model {plain_s:.2f} s for {len(rows)} reviews")
-    for method_name in ("lora", "ia3"):
-        method = methods.REGISTRY[method_name]
-        model = models.load_model(path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
-        model = method.apply(model, method.Options().model_dump(), family, head)
-        torch.manual_seed(0)
-        with torch.no_grad():
-            for param_name, param in model.named_parameters():
-                if param.requires_grad and ("lora_B" in param_name or "ia3_" in param_name):
-                    param.add_(0.01 * torch.randn_like(param))
-        unmerged_s, unmerged = timed_score(task, form, model, rows, repeats)
-        with methods.merged_for_scoring(method, model):
-            merged_s, merged = timed_score(task, form, model, rows, repeats)
-        print(f"  {method_name:<5} unmerged {unmerged_s:6.2f} s ({unmerged_s / plain_s:.2f}x plain)   "
-              f"merged {merged_s:6.2f} s ({merged_s / plain_s:.2f}x plain)   "
-              f"same predictions: {merged == unmerged}")
+    variants = {"plain": (plain, contextlib.nullcontext)}
+    for method_name in method_names:
+        method, model = adapted(method_name, path, head, family, form, tokenizer)
+        variants[f"{method_name} as trained"] = (model, contextlib.nullcontext)
+        variants[f"{method_name} prepared"] = (model, partial(methods.prepared_for_scoring, method, model))
+    best = {label: float("inf") for label in variants}
+    predictions = {}
+    for _ in range(repeats):  # interleaved, so that the machine's noise falls on every variant alike
+        for label, (model, prepare) in variants.items():
+            seconds, predictions[label] = timed_score(task, form, model, rows, prepare)
+            best[label] = min(best[label], seconds)
+    plain_s = best["plain"]
+    print(f"{name}: plain model {plain_s:.2f} s for {len(rows)} reviews (best of {repeats}, interleaved)")
+    for method_name in method_names:
+        trained_s, prepared_s = best[f"{method_name} as trained"], best[f"{method_name} prepared"]
+        trained, prepared = predictions[f"{method_name} as trained"], predictions[f"{method_name} prepared"]
+        same = sum(a == b for a, b in zip(prepared, trained))
+        print(f"  {method_name:<5} as trained {trained_s:6.2f} s ({trained_s / plain_s:.2f}x plain)   "
+              f"prepared for scoring {prepared_s:6.2f} s ({prepared_s / plain_s:.2f}x plain)   "
+              f"same predictions: {same}/{len(trained)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default=None, help="comma-separated (default: minilm-l6,smollm2-135m; "
+                                                       "--quick: minilm-l6)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--size", type=int, default=None, help="test reviews (default 400; --quick: 64)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    for name in (["minilm-l6"] if args.quick else ["minilm-l6", "smollm2-135m"]):
-        bench_model(name, 64 if args.quick else 400, args.repeats)
+    names = args.models.split(",") if args.models else ["minilm-l6"] if args.quick else ["minilm-l6", "smollm2-135m"]
+    for name in names:
+        bench_model(name, args.size or (64 if args.quick else 400), 2 if args.quick else args.repeats,
+                    args.methods.split(","))
 
 
 if __name__ == "__main__":
