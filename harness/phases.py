@@ -70,7 +70,7 @@ def table(long, by: tuple[str, ...] = ("model", "method"), spans=None):
     per_run = rows.pivot_table(index=["run_id", *by], columns="column", values="value", aggfunc="sum")
     for phase, earlier in EARLIER.items():
         has_phase = per_run[[c for c in per_run if c.split(":")[0] == phase]].notna().any(axis=1)
-        if earlier in per_run:
+        if earlier in per_run and not has_phase.all():
             per_run[phase] = per_run.get(phase, pd.Series(float("nan"), index=per_run.index)).where(
                 has_phase, per_run[earlier])
     ordered = [c for phase in COLUMNS for c in sorted(per_run.columns) if c == phase or c.startswith(f"{phase}:")]

@@ -227,3 +227,18 @@ def test_bench_leaderboard_items_quick():
     assert "400 runs x 200 items" in out and "(80,000 item rows)" in out
     assert seconds(line_with(out, "store.leaderboard (100 rows, 100 chosen runs)")) > 0
     assert float(line_with(out, "per run").split()[-2]) > 0
+
+
+def test_bench_sweep_phases_quick():
+    """The per-phase table of a tiny sweep (lora, base, full): every run in it, the phases add
+    up to the total row, and the write phase re-measured for each done run."""
+    out = run_quick("bench_sweep_phases.py")
+    total = line_with(out, "total ").split()
+    assert total[1] == "3.0"  # runs
+    header = line_with(out, "runs  load").split()
+    values = dict(zip(header[header.index("runs"):], map(float, total[1:])))
+    named = sum(v for k, v in values.items() if k not in ("runs", "other", "run"))
+    assert abs(named + values["other"] - values["run"]) <= 0.05 * len(values)  # each printed to 0.1
+    assert values["train"] > 0 and values["load"] > 0
+    assert number_after(line_with(out, "  records:"), "records:") == 3
+    assert positive(number_after(line_with(out, "  store s:"), "store s:"))
