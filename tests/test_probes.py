@@ -84,21 +84,28 @@ def load_decoder(path):
 # --------------------------------------------------------------------------- lm-eval equivalence
 
 @pytest.mark.parametrize("name", ["tiny_mc", "tiny_ppl"])
-def test_probe_scores_exactly_what_lm_eval_simple_evaluate_scores(tiny_probes, tiny_models, name):
+def test_probe_scores_exactly_what_lm_eval_simple_evaluate_scores(tiny_probes, tiny_models, name, monkeypatch):
+    """... though the harness skips the torch environment report simple_evaluate adds to its
+    results (scoring._without_env_report): the scores are the same."""
+    import torch.utils.collect_env
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    reports = []
+    monkeypatch.setattr(torch.utils.collect_env, "get_pretty_env_info", lambda: reports.append(1) or "")
     cfg = config(name, size=12)
     folder = probes.prepare(cfg)
     model, tokenizer = load_decoder(tiny_models["decoder"])
     score, metric, higher, _ = probes.Scorer(model, tokenizer, "float32").score(cfg, folder)
+    assert reports == []
 
     other, other_tok = load_decoder(tiny_models["decoder"])  # lm-eval on its own, on a fresh copy
     task = probes.get(name).task_name
     out = simple_evaluate(model=HFLM(pretrained=other, tokenizer=other_tok, batch_size=16), tasks=[task],
                           task_manager=TaskManager(include_path=str(folder), include_defaults=False))
     expected = out["results"][task]
+    assert reports == [1]  # lm-eval on its own asks for the report
     assert out["results"][task]["sample_len"] == 12
     assert metric == probes.get(name).metric and higher is (name == "tiny_mc")
     assert score.value == expected[f"{metric},none"]

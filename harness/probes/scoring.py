@@ -102,7 +102,7 @@ def lm_eval_score(lm, config: ProbeConfig | dict, folder: Path) -> tuple[Score, 
     task = probe.task_name
     if task not in manager.all_tasks:
         raise ProbeError(f"probe {probe.name}: lm-eval has no task {task!r}")
-    with user_tasks.in_task_folder(manager, task) if user_task else contextlib.nullcontext():
+    with user_tasks.in_task_folder(manager, task) if user_task else contextlib.nullcontext(), _without_env_report():
         out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, log_samples=True,
                               bootstrap_iters=1000, verbosity="ERROR", **extra)
     results = out["results"][task]
@@ -116,6 +116,21 @@ def lm_eval_score(lm, config: ProbeConfig | dict, folder: Path) -> tuple[Score, 
     higher = out.get("higher_is_better", {}).get(task, {}).get(metric, probe.higher_is_better)
     items = sample_outcomes(out.get("samples", {}).get(task, []), metric)
     return Score(float(results[key]), _number(stderr), items), metric, bool(higher)
+
+
+@contextlib.contextmanager
+def _without_env_report():
+    """simple_evaluate ends by adding torch's environment report to its results (`add_env_info`:
+    torch.utils.collect_env runs `pip list` and a dozen other commands, about 1.5-3 s per call
+    here) and offers no switch; the harness never reads it (a run records its own versions,
+    harness.provenance), so it is skipped while the harness calls the evaluator. Scores do not
+    depend on it (tests/test_probes.py)."""
+    from unittest import mock
+
+    from lm_eval import evaluator
+
+    with mock.patch.object(evaluator, "add_env_info", lambda results: None):
+        yield
 
 
 def sample_outcomes(samples: list[dict], metric: str) -> Outcomes | None:
