@@ -7,7 +7,13 @@
 2. lm-eval: a multiple-choice forgetting probe (strategyqa) scored through lm-eval's HFLM at
    batch size B and 1; prints both times, the ratio and both scores.
 
+3. With `--qlora`: the same prompts generated in batches by SmolLM2 with QLoRA applied (LoRA
+   moved off its identity init), in the 4-bit training layout and in the run's scoring layout
+   (harness.methods.qlora.scoring_layout: generation steps on bitsandbytes' fast CPU layout),
+   side by side, with the plain fp32 model as the reference; how many outputs are identical.
+
     python bench/bench_generation.py                 # packaged SmolLM2, 32 prompts, B = 16
+    python bench/bench_generation.py --qlora --prompts 16   # + QLoRA generation, both layouts
     python bench/bench_generation.py --prompts 16 --batch-size 8
     python bench/bench_generation.py --quick         # a tiny model built in code, seconds
 """
@@ -73,6 +79,42 @@ def bench_generation(model, tokenizer, prompts, stop, batch_size: int, max_new_t
             break
 
 
+def qlora_model(tokenizer):
+    import torch
+
+    from harness import catalog, methods, models
+
+    method = methods.REGISTRY["qlora"]
+    options = method.Options().model_dump()
+    path = catalog.resolve("smollm2-135m", "model")
+    model = models.load_model(path, "causal_lm", tokenizer=tokenizer,
+                              **methods.load_kwargs(method, options, models.Placement("cpu", "float32")))
+    model = method.apply(model, options, "decoder", "causal_lm")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.01 * torch.randn_like(param))
+    return method, model.eval()
+
+
+def bench_qlora_generation(plain, tokenizer, prompts, stop, batch_size: int, max_new_tokens: int) -> None:
+    from harness.tasks.generation import generate
+
+    method, model = qlora_model(tokenizer)
+    args = {"max_new_tokens": max_new_tokens, "stop": stop, "device": "cpu", "batch_size": batch_size}
+    reference, t_plain = timed(lambda: generate(plain, tokenizer, prompts, **args))
+    trained, t_trained = timed(lambda: generate(model, tokenizer, prompts, **args))
+    with method.scoring_layout(model):
+        fast, t_fast = timed(lambda: generate(model, tokenizer, prompts, **args))
+    print(f"QLoRA generation: {len(prompts)} prompts, batch {batch_size}, max_new_tokens {max_new_tokens}")
+    print(f"  plain fp32 model:          {t_plain:8.2f} s")
+    print(f"  QLoRA, training layout:    {t_trained:8.2f} s  ({t_trained / t_plain:.2f}x plain)")
+    print(f"  QLoRA, scoring layout:     {t_fast:8.2f} s  ({t_fast / t_plain:.2f}x plain, "
+          f"{t_trained / t_fast:.2f}x faster than the training layout)")
+    print(f"  identical outputs (scoring vs training layout): {sum(a == b for a, b in zip(fast, trained))}/{len(prompts)}")
+
+
 def bench_lm_eval(model, tokenizer, batch_size: int, size: int) -> None:
     from harness import probes
 
@@ -100,6 +142,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--probe-size", type=int, default=48, help="strategyqa items for the lm-eval part")
+    parser.add_argument("--qlora", action="store_true", help="also QLoRA generation in both 4-bit layouts")
+    parser.add_argument("--no-lm-eval", action="store_true", help="skip the lm-eval part")
     args = parser.parse_args()
     import torch
 
@@ -109,7 +153,9 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}")
     bench_generation(model, tokenizer, prompts, stop, 4 if args.quick else args.batch_size,
                      8 if args.quick else args.max_new_tokens)
-    if not args.quick:
+    if args.qlora and not args.quick:
+        bench_qlora_generation(model, tokenizer, prompts, stop, args.batch_size, args.max_new_tokens)
+    if not args.quick and not args.no_lm_eval:
         bench_lm_eval(model, tokenizer, args.batch_size, args.probe_size)
 
 

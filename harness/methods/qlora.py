@@ -70,6 +70,7 @@ def apply(model, options: dict, family: str, head: str):
 # beats de-quantizing to fp32 only for few tokens per forward: one layer 576 -> 1536 on this
 # 2-core machine (under load), ms per forward, training layout / inference layout / fp32 dense:
 # 1 token 0.24 / 0.075 / 0.048, 64 tokens 4.5 / 3.0 / 1.7, 1,280 tokens (a scoring batch) 65 / 100 / 45.
+# So it serves generation steps only (one new token per sequence, at most this many sequences).
 FAST_LAYOUT_MAX_TOKENS = 64
 
 
@@ -78,12 +79,13 @@ def scoring_layout(model):
     """While the trained model is scored and probed: each 4-bit layer also holds its weight in
     bitsandbytes' fast CPU inference layout (AVX512-BF16 CPUs; the run keeps bitsandbytes' own
     repacking off, harness.models.keep_4bit_trainable_on_cpu), and a forward uses it when it
-    needs no gradients and carries at most FAST_LAYOUT_MAX_TOKENS tokens (a generation step);
-    any other forward runs on the training layout, so no gradient is ever computed through the
-    inference layout (it has no backward). The inference layout multiplies in bf16: scores
-    differ from the training layout's by bf16 rounding (tests/test_qlora.py states the
-    tolerance). On exit every layer has its exact training weight and state back. A no-op on
-    GPUs and on CPUs without AVX512-BF16."""
+    is a generation step (one new token per sequence, at most FAST_LAYOUT_MAX_TOKENS of them)
+    that needs no gradients; any other forward runs on the training layout, so no gradient is
+    ever computed through the inference layout (it has no backward), and scoring whole prompts
+    (classification, log-likelihoods, prefill) stays bit-identical. The inference layout
+    multiplies in bf16: generated tokens may differ from the training layout's by bf16 rounding
+    (tests/test_qlora.py states the tolerance on logits). On exit every layer has its exact
+    training weight and state back. A no-op on GPUs and on CPUs without AVX512-BF16."""
     import bitsandbytes as bnb
     from bitsandbytes.functional import has_avx512bf16
 
@@ -121,8 +123,8 @@ class _Layouts:
         import torch
 
         x = args[0]
-        fast = (not layer.training and not (torch.is_grad_enabled() and x.requires_grad)
-                and x.numel() // x.shape[-1] <= FAST_LAYOUT_MAX_TOKENS)
+        generation_step = x.dim() >= 2 and x.shape[-2] == 1 and x.numel() // x.shape[-1] <= FAST_LAYOUT_MAX_TOKENS
+        fast = generation_step and not layer.training and not (torch.is_grad_enabled() and x.requires_grad)
         self.use(self.inference if fast else self.training)
 
 
