@@ -71,8 +71,30 @@ class TrainingConfig(Strict):
         "auto", description="auto: CUDA when available, else CPU"
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="compute dtype (autocast over float32 weights); auto: bfloat16 on "
-        "CUDA when supported, float32 on CPU"
+        "auto", description="compute dtype (the Trainer's autocast); auto: bfloat16 on CUDA when supported, "
+        "float16 on older GPUs, float32 on CPU. Weights by role: see frozen_dtype and trainable_dtype"
+    )
+    frozen_dtype: Literal["compute", "float32"] = Field(
+        "compute", description="dtype the frozen weights are kept in: compute (training.dtype: a bf16 base "
+        "takes half the memory of a float32 one) or float32 (autocast over float32 weights)"
+    )
+    trainable_dtype: Literal["float32", "compute"] = Field(
+        "float32", description="dtype of the trained parameters: float32 (full fine-tuning's master "
+        "weights; peft adapters upcast, as peft's autocast_adapter_dtype does) or compute (pure bf16: "
+        "weights, gradients and AdamW states in bfloat16; refused for float16)"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward (every method; less memory, "
+        "about 30% slower)"
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        None, description="attention kernel (transformers' attn_implementation); default: the model's "
+        "(sdpa where supported). eager keeps the s x s attention probabilities for backward; "
+        "flash_attention_2 needs CUDA and the flash-attn package"
+    )
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | dict[str, str | int] | None = Field(
+        None, description="where a quantized model's (qlora's) modules go: an accelerate strategy or "
+        "{module: device}; default: all on training.device"
     )
     processes_per_run: int = Field(
         1, ge=1, le=64, description="processes that train one run together, data parallel through the Trainer's "
@@ -108,12 +130,53 @@ class TrainingConfig(Strict):
             raise ValueError("; ".join(problems))
         return report_to
 
+    @field_validator("device_map")
+    @classmethod
+    def _known_devices(cls, device_map):
+        if isinstance(device_map, dict):
+            bad = {k: v for k, v in device_map.items() if not _is_device(v)}
+            if bad:
+                raise ValueError(f"devices must be cpu, cuda, cuda:N or a GPU index N (got {bad}); disk "
+                                 "offload cannot train")
+        return device_map
+
+    @model_validator(mode="after")
+    def _precision_and_kernels_fit_the_device(self):
+        if self.trainable_dtype == "compute" and self.dtype == "float16":
+            raise ValueError("trainable_dtype: compute needs dtype bfloat16: pure float16 training has no loss "
+                             "scaling that works (its gradients underflow); use trainable_dtype: float32")
+        if self.device == "cpu" and self.attn_implementation == "flash_attention_2":
+            raise ValueError("attn_implementation: flash_attention_2 needs CUDA (device is cpu); use sdpa or eager")
+        gpu_entries = isinstance(self.device_map, dict) and any(v != "cpu" for v in self.device_map.values())
+        if self.device == "cpu" and (gpu_entries or self.device_map in ("balanced", "balanced_low_0")):
+            raise ValueError(f"device_map {self.device_map!r} places modules on GPUs, but device is cpu")
+        return self
+
+
+def _is_device(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 0
+    return value in ("cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+
 
 # Fields that do not change a run's result: left out of the run_id.
 NON_RESULT_FIELDS = {"keep_artifact", "num_samples", "report_to"}
 # Training options added after runs were stored, at the value that behaves as before they
 # existed: left out of the run_id, so those stored runs keep their ids.
-ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None, "processes_per_run": 1}
+ADDED_AT_OLD_BEHAVIOUR = {"group_by_length": False, "probe_at": None, "probe_every": None,
+                          "trainable_dtype": "float32", "gradient_checkpointing": False,
+                          "attn_implementation": None, "device_map": None,
+                          "processes_per_run": 1}
+# Before frozen_dtype existed every weight was float32 (autocast over it): its default `compute`
+# behaves as before wherever the compute dtype is float32, and only there it stays out of the
+# run_id. A matrix with `dtype: bfloat16` gets new ids, since its runs now train a bf16 base.
+FLOAT32_COMPUTE = ("auto", "float32")  # `auto` is float32 on the CPU, the only place runs were stored
+
+
+def _frozen_dtype_as_before(training: dict) -> bool:
+    return training.get("frozen_dtype", "float32") == "float32" or training.get("dtype") in FLOAT32_COMPUTE
 
 
 class Selector(Strict):
@@ -226,7 +289,8 @@ class RunSpec:
             "task": self.task,
             "task_options": task_options,
             "training": {k: v for k, v in results_only(self.training).items()
-                         if k not in ADDED_AT_OLD_BEHAVIOUR or v != ADDED_AT_OLD_BEHAVIOUR[k]},
+                         if (k not in ADDED_AT_OLD_BEHAVIOUR or v != ADDED_AT_OLD_BEHAVIOUR[k])
+                         and not (k == "frozen_dtype" and _frozen_dtype_as_before(self.training))},
             "seed": self.seed,
         }
 
@@ -553,6 +617,11 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
                 problems.add(f"{merged['task'][1].get('dataset', layers['task'][0][0])}.dataset", problem)
                 continue
         if not _task_options_usable(cell, resolved["task"], merged["task"][1], layers["task"][0][0], base_dir, problems):
+            continue
+        if resolved["training"]["device_map"] is not None and not hasattr(methods.REGISTRY[cell["method"]], "load_kwargs"):
+            where = merged["training"][1].get("device_map", "training")
+            problems.add(f"{where}.device_map", f"places a quantized model, and method {cell['method']} loads none "
+                         "(it trains on training.device); set it for qlora runs only, with an override")
             continue
         runs.append(RunSpec(
             matrix=name,

@@ -24,21 +24,39 @@ HEADS = {
 }
 
 
+# The training options `place` resolves (a spec stored before one existed leaves it out).
+PLACEMENT_KEYS = ("device", "dtype", "frozen_dtype", "trainable_dtype", "attn_implementation", "device_map")
+
+
 @dataclass(frozen=True)
 class Placement:
+    """Where a run computes and in which dtype each kind of weight is kept (precision by role)."""
+
     device: str  # "cpu" or "cuda"
     dtype: str  # compute dtype: "float32", "bfloat16" or "float16"
+    frozen_dtype: str = "float32"  # the weights that do not train
+    trainable_dtype: str = "float32"  # the weights that train (master weights / adapters)
+    attn_implementation: str | None = None  # transformers' kernel choice; None: the model's default
+    device_map: str | dict | None = None  # a quantized model's placement; None: all on `device`
+
+    def load_kwargs(self) -> dict:
+        """from_pretrained arguments every method's model is loaded with."""
+        return {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
 
 
 def autocast(device: str, dtype):
-    """Mixed precision over float32 weights for `dtype` (a torch dtype; None or float32: none)."""
+    """Mixed precision for `dtype` (a torch dtype; None or float32: none). Needed over weights of
+    mixed dtypes too: a bf16 frozen base feeds float32 adapters and trained blocks."""
     if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device, dtype=dtype)
 
 
-def place(device: str = "auto", dtype: str = "auto") -> Placement:
-    """Resolve 'auto' from the hardware: CUDA + bf16 (fp16 on GPUs without bf16), else CPU fp32."""
+def place(device: str = "auto", dtype: str = "auto", *, frozen_dtype: str = "float32",
+          trainable_dtype: str = "float32", attn_implementation: str | None = None,
+          device_map=None) -> Placement:
+    """Resolve 'auto' from the hardware: CUDA + bf16 (fp16 on GPUs without bf16), else CPU fp32;
+    `frozen_dtype` / `trainable_dtype` "compute" mean the resolved compute dtype."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -50,7 +68,44 @@ def place(device: str = "auto", dtype: str = "auto") -> Placement:
             dtype = "float32"
     if device == "cpu" and dtype == "float16":
         raise RuntimeError("training.dtype float16 needs CUDA; use bfloat16 or float32 on the CPU")
-    return Placement(device, dtype)
+    if trainable_dtype == "compute" and dtype == "float16":
+        raise RuntimeError("training.trainable_dtype compute resolves to float16 on this GPU (no bf16): pure "
+                           "float16 training is refused; use trainable_dtype: float32")
+    if attn_implementation == "flash_attention_2" and device != "cuda":
+        raise RuntimeError("training.attn_implementation flash_attention_2 needs CUDA; use sdpa or eager")
+    _check_device_map(device_map, device)
+    frozen = dtype if frozen_dtype == "compute" else frozen_dtype
+    trainable = dtype if trainable_dtype == "compute" else trainable_dtype
+    return Placement(device, dtype, frozen, trainable, attn_implementation, device_map)
+
+
+def _check_device_map(device_map, device: str) -> None:
+    gpus = [v for v in (device_map or {}).values() if v != "cpu"] if isinstance(device_map, dict) else []
+    if gpus and device != "cuda":
+        raise RuntimeError(f"training.device_map places modules on {gpus[0]!r}, but this run computes on {device}")
+    count = torch.cuda.device_count() if device == "cuda" else 0
+    missing = [v for v in gpus if _gpu_index(v) >= count]
+    if missing:
+        raise RuntimeError(f"training.device_map names {missing[0]!r}, but torch sees {count} GPU(s)")
+
+
+def _gpu_index(device) -> int:
+    if isinstance(device, int):
+        return device
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def cast_by_role(model, placement: Placement) -> None:
+    """Keep each floating-point parameter in its role's dtype: frozen weights in
+    `placement.frozen_dtype`, trainable ones in `placement.trainable_dtype` (float32 by default:
+    what peft's autocast_adapter_dtype does for adapters, done here for every method, so full
+    fine-tuning keeps float32 master weights and transfer's trained blocks stay float32).
+    Called after the method has decided what trains; quantized (integer) weights are left alone."""
+    frozen, trainable = getattr(torch, placement.frozen_dtype), getattr(torch, placement.trainable_dtype)
+    for param in model.parameters():
+        target = trainable if param.requires_grad else frozen
+        if param.is_floating_point() and param.dtype != target:
+            param.data = param.data.to(target)
 
 
 # Whether loaders may run code shipped with a model (hub `auto_map` classes). Off unless a
@@ -100,8 +155,10 @@ def load_tokenizer(path: str, fam: str, trust_remote_code: bool | None = None):
 
 
 def load_model(path: str, head: str, *, num_labels: int | None = None, tokenizer=None, **extra):
-    """The pretrained model with the task's head, in float32 (mixed precision is autocast);
-    `extra` from_pretrained arguments come from the method (e.g. a quantization config)."""
+    """The pretrained model with the task's head, in float32 (cast_by_role then keeps what stays
+    frozen in the compute dtype, once the method has decided what trains); `extra`
+    from_pretrained arguments come from the placement (the attention kernel) and the method (e.g.
+    a quantization config)."""
     kwargs = {"dtype": torch.float32, "trust_remote_code": _trusted(None), **extra}
     if head == "sequence_classification":
         kwargs["num_labels"] = num_labels

@@ -105,7 +105,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 FOUR_BIT_BLOCK = 64  # bitsandbytes' 4-bit blocksize
 NESTED_BLOCK = 256  # double quantization: absmax values per second-level block
 GATE_NAMES = ("gate_proj", "w1", "gate_up_proj", "gate", "wi_0")
-TRAINING_KEYS = ("batch_size", "eval_batch_size", "max_length", "device", "dtype")
+TRAINING_KEYS = ("batch_size", "eval_batch_size", "max_length", "device", "dtype", "frozen_dtype", "trainable_dtype",
+                 "gradient_checkpointing", "attn_implementation")
 SIZE_UNITS = {"m": 2**20, "mb": 2**20, "mib": 2**20, "g": 2**30, "gb": 2**30, "gib": 2**30,
               "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -156,6 +157,7 @@ class Counted:
     weight_format: str
     layers: int
     backward_layers: int
+    recomputed: int = 0  # with gradient checkpointing: the one block's activations rebuilt in backward
 
 
 @dataclass
@@ -247,6 +249,7 @@ class Planner:
         if head == "sequence_classification":
             config.num_labels = num_labels(task, spec.task_options)
         compute = compute_dtype(spec.training, options)
+        roles = weight_dtypes(spec.training)
         quant = quantization(method, options, compute, spec.training)
 
         model = skeleton(config, head)
@@ -258,9 +261,9 @@ class Planner:
             if needs_reference_copy(model, task, method) else 0
 
         memory, shape = estimate_memory(model, config, spec, method, options, head, compute, quant, quantized,
-                                        reference)
+                                        reference, roles)
         return Counted(trainable=trainable, total=total, memory=memory, compute_dtype=compute,
-                       weight_format=quant["label"] if quant else "fp32", **shape)
+                       weight_format=weight_format(quant, roles), **shape)
 
 
 def _key(spec: RunSpec) -> str:
@@ -333,6 +336,19 @@ def compute_dtype(training: dict, options: dict) -> str:
     return method_dtype if method_dtype and method_dtype != "auto" else dtype
 
 
+def weight_dtypes(training: dict) -> dict[str, str]:
+    """The dtype each role's weights are kept in (harness.models.place): {"frozen", "trained"}."""
+    resolved = compute_dtype(training, {})
+    return {role: resolved if training.get(key, "float32") == "compute" else training.get(key, "float32")
+            for role, key in (("frozen", "frozen_dtype"), ("trained", "trainable_dtype"))}
+
+
+def weight_format(quant: dict | None, roles: dict[str, str]) -> str:
+    """The table's weights column: the frozen weights' format (the trained ones' when not float32)."""
+    frozen = quant["label"] if quant else _short(roles["frozen"])
+    return frozen if roles["trained"] == "float32" else f"{frozen}+{_short(roles['trained'])} trained"
+
+
 def quantization(method, options: dict, compute: str, training: dict) -> dict | None:
     """The method's quantization (from its load_kwargs), or None."""
     from harness.models import Placement
@@ -381,18 +397,27 @@ def quantized_bytes(weight, quant: dict) -> int:
     return size + FP32 * blocks
 
 
-def weight_bytes(model, quant: dict | None, quantized: dict[int, Any]) -> int:
+def weight_bytes(model, quant: dict | None, quantized: dict[int, Any], roles: dict[str, str] | None = None) -> int:
+    """Every parameter in its role's dtype (harness.models.cast_by_role; all float32 without
+    `roles`, as loaded), quantized weights packed; buffers as built (the rotary tables stay float32)."""
     total = 0
     for param in model.parameters():  # shared (tied) parameters once
         if id(param) in quantized:
             total += quantized_bytes(param, quant)
         else:
-            total += param.numel() * FP32  # harness.models.load_model loads float32
+            total += param.numel() * role_bytes(param, roles)
     return total + sum(b.numel() * b.element_size() for b in model.buffers())
 
 
+def role_bytes(param, roles: dict[str, str] | None) -> int:
+    if roles is None:
+        return FP32
+    return DTYPE_BYTES[roles["trained" if param.requires_grad else "frozen"]]
+
+
 def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: str, compute: str,
-                    quant: dict | None, quantized: dict[int, Any], reference: int = 0) -> tuple[Memory, dict]:
+                    quant: dict | None, quantized: dict[int, Any], reference: int = 0,
+                    roles: dict[str, str] | None = None) -> tuple[Memory, dict]:
     from harness.methods.common import find_blocks
 
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -405,35 +430,47 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
     vocab = getattr(text, "vocab_size", 0) or 0
     cd = DTYPE_BYTES[compute]
 
-    _, blocks = find_blocks(model)
-    layers = len(blocks)
-    per_token, per_block = block_activations(blocks[-1], hidden, q_width, kv_width, inter, cd, quantized)
-
     training = spec.training
     limit = getattr(text, "max_position_embeddings", None) or training["max_length"]
     seq = min(training["max_length"], limit) + _virtual_tokens(model)
+    residual = residual_bytes(model, roles)
+    upcasts = training.get("device") != "cpu" or cd == FP32  # see _norm_bytes
+
+    blocks_name, blocks = find_blocks(model)
+    layers = len(blocks)
+    per_token, per_block = block_activations(blocks[-1], hidden, q_width, kv_width, inter, cd, quantized, roles,
+                                             residual, upcasts)
+    if training.get("attn_implementation") == "eager":  # the s x s attention probabilities of every head
+        explicit = any("RMS" in type(m).__name__ for m in blocks[-1].modules())  # Llama-style: softmax in float32
+        per_token += heads * seq * (cd + (FP32 if cd < FP32 and (upcasts or explicit) else 0))
+    after_blocks = sum(_norm_bytes(m, hidden, residual, upcasts) for m in _final_norms(model, blocks_name))
     task = tasks.REGISTRY[spec.task]
     sequences = getattr(task, "SEQUENCES_PER_EXAMPLE", 1)
     batch, eval_batch = sequences * training["batch_size"], sequences * training["eval_batch_size"]
     positions = getattr(task, "SCORED_POSITIONS", None) or seq
     logits_per_example = positions * vocab * (cd + FP32) if head in ("causal_lm", "seq2seq_lm") else 0
 
-    weights = weight_bytes(model, quant, quantized)
+    weights = weight_bytes(model, quant, quantized, roles)
     eval_acts = eval_batch * (seq * per_token + logits_per_example)  # one block at a time, nothing kept
     trained = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trained)
+    trained_bytes = sum(p.numel() * role_bytes(p, roles) for p in trained)
     backward = backward_layers(model, blocks) if method.TRAINS and trained else 0
     if not method.TRAINS:
         memory = Memory(weights, 0, 0, 0, eval_acts, reference)
     else:
         tokens = batch * seq
-        if options.get("gradient_checkpointing") and backward:
-            kept = backward * tokens * FP32 * hidden + tokens * per_token + per_block
+        recomputed = 0
+        if (options.get("gradient_checkpointing") or training.get("gradient_checkpointing")) and backward:
+            # every block's input is kept (measured: the frozen blocks' too), one block rebuilt at a time
+            recomputed = tokens * per_token + per_block
+            kept = layers * tokens * residual * hidden + recomputed
         else:
             kept = backward * (tokens * per_token + per_block)
-        memory = Memory(weights, FP32 * n_trainable, 2 * FP32 * n_trainable,
+        kept += tokens * after_blocks if backward else 0
+        memory = Memory(weights, trained_bytes, 2 * trained_bytes,  # AdamW's two moments in the weights' dtype
                         kept + batch * logits_per_example, eval_acts, reference)
-    return memory, {"batch": batch, "seq": seq, "layers": layers, "backward_layers": backward}
+    return memory, {"batch": batch, "seq": seq, "layers": layers, "backward_layers": backward,
+                    "recomputed": recomputed if method.TRAINS else 0}
 
 
 def needs_reference_copy(model, task, method) -> bool:
@@ -445,8 +482,18 @@ def needs_reference_copy(model, task, method) -> bool:
     return bool(getattr(task, "NEEDS_REFERENCE", False) and method.TRAINS and not has_peft_adapter(model))
 
 
+def residual_bytes(model, roles: dict[str, str] | None) -> int:
+    """The residual stream's bytes per value: the input embeddings' dtype (a bf16 frozen base
+    keeps it in bf16), float32 when they train or soft prompts (float32) are concatenated to them."""
+    embeddings = model.get_input_embeddings().weight
+    if roles is None or embeddings.requires_grad or _virtual_tokens(model):
+        return FP32
+    return role_bytes(embeddings, roles)
+
+
 def block_activations(block, hidden: int, q_width: int, kv_width: int, inter: int, cd: int,
-                      quantized: dict[int, Any]) -> tuple[int, int]:
+                      quantized: dict[int, Any], roles: dict[str, str] | None = None,
+                      residual: int = FP32, upcasts: bool = True) -> tuple[int, int]:
     """(bytes per token, bytes per block) that one block keeps for backward; see the module
     docstring for what each term is. Autograd keeps only what the gradients it must compute
     need: a frozen linear keeps its weight (to pass the gradient to its input) but not its input."""
@@ -459,23 +506,41 @@ def block_activations(block, hidden: int, q_width: int, kv_width: int, inter: in
     dropout_inputs = sum(m.in_features for m in block.modules() if _has_lora_dropout(m))
 
     per_token = 0
-    for module in block.modules():  # norms: the float32 input; RMSNorm also its normalised input
-        kind = type(module).__name__
-        weight = getattr(module, "weight", None)
-        if "Norm" in kind and weight is not None:
-            per_token += FP32 * hidden * (2 if "RMS" in kind and weight.requires_grad else 1)
+    per_token = sum(_norm_bytes(module, hidden, residual, upcasts) for module in block.modules())
     per_token += cd * (2 * q_width + 2 * kv_width)  # rotated q, k, v and the output (fused attention)
     per_token += cd * (3 if gated else 1) * inter  # gate, act(gate), up / the activation's input
     per_block = 0
     if cd < FP32:  # autocast: every linear casts its own copies of its input and its weight
         per_token += cd * sum(_in_features(m) for _, m in trained)
-        per_block = cd * sum(m.weight.numel() for _, m in linears if id(m.weight) not in quantized)
+        per_block = cd * sum(m.weight.numel() for _, m in linears  # no copy of a weight kept in the compute dtype
+                             if id(m.weight) not in quantized and role_bytes(m.weight, roles) > cd)
         per_token += dropout_inputs  # the dropout masks (the dropped-out input is cast, counted above)
     else:  # float32: linears that read the same tensor share it (q/k/v, gate/up)
         shared = {(_owner(n), _in_features(m)) for n, m in trained}
         per_token += FP32 * sum(width for _, width in shared)
         per_token += (FP32 + 1) * dropout_inputs  # LoRA's dropped-out copy of the input and its mask
     return per_token, per_block
+
+
+def _norm_bytes(module, hidden: int, residual: int, upcasts: bool) -> int:
+    """Bytes per token a norm keeps: its input in float32 (RMSNorm casts up itself; LayerNorm is
+    cast by CUDA autocast, `upcasts`, while CPU autocast keeps the residual's dtype), plus an
+    RMSNorm's normalised input when its weight trains. 0 for a module that is no norm."""
+    kind = type(module).__name__
+    weight = getattr(module, "weight", None)
+    if "Norm" not in kind or weight is None:
+        return 0
+    rms = "RMS" in kind
+    kept = (FP32 if rms or upcasts else residual) * hidden
+    return kept + (residual * hidden if rms and weight.requires_grad else 0)
+
+
+def _final_norms(model, blocks_name: str) -> list:
+    """The norms right after the blocks (Llama's model.norm, GPT-2's ln_f), siblings of the blocks."""
+    parent = blocks_name.rsplit(".", 1)[0] if "." in blocks_name else ""
+    prefix = f"{parent}." if parent else ""
+    return [m for n, m in model.named_modules() if n.startswith(prefix) and "." not in n[len(prefix):]
+            and "Norm" in type(m).__name__ and n.rsplit(".", 1)[-1] in methods.transfer.FINAL_NORM_NAMES]
 
 
 def _owner(name: str) -> str:

@@ -93,8 +93,9 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     metrics.load_in_background(task.METRIC_MODULES)
     method = methods.REGISTRY[spec.method]
     training = spec.training
-    placement = models.place(training["device"], training["dtype"])
+    placement = models.place(**{key: training[key] for key in models.PLACEMENT_KEYS if key in training})
     record.config["placement"] = {"device": placement.device, "dtype": placement.dtype,
+                                  "frozen_dtype": placement.frozen_dtype, "trainable_dtype": placement.trainable_dtype,
                                   "torch_threads": torch.get_num_threads()}
     record.processes = distributed.world_size()
     set_seed(spec.seed)
@@ -107,25 +108,26 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
     _refuse_unusable_options(task, spec, method)
     splits = task.load_splits(spec.task_options, spec.base_dir)
     model = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
-                              **methods.load_kwargs(method, spec.method_options, placement))
+                              **placement.load_kwargs(), **methods.load_kwargs(method, spec.method_options, placement))
     clock.lap(phases.LOAD)
     before = _probe_fingerprint(spec, method, model, tokenizer)
     clock.lap(phases.PROBES)
     loaded = updates.base_parameters(model, new_head=head != "causal_lm")
     model = method.apply(model, spec.method_options, family, head)
+    models.cast_by_role(model, placement)
     trainable, total = count_parameters(model)
     record.add_metric("efficiency", "trainable_params", trainable)
     record.add_metric("efficiency", "total_params", total)
     record.add_metric("efficiency", "trainable_pct", 100.0 * trainable / total)
+    autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
     if method.TRAINS:
-        _check_method_runs(spec, model, tokenizer, form, splits["train"], family)
+        _check_method_runs(spec, model, tokenizer, form, splits["train"], family, autocast)
     clock.lap(phases.APPLY)
 
     def load_untrained():
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
         return base.to(placement.device)
 
-    autocast = getattr(torch, placement.dtype) if placement.dtype != "float32" else None
     probe_context = partial(_probe_context, spec, record, method=method, model=model, tokenizer=tokenizer,
                             family=family, head=head, form=form, placement=placement, model_path=model_path,
                             before=before, baselines=dict(baselines), progress=progress)
@@ -224,7 +226,7 @@ def _close_trackers(record: RunRecord) -> None:
         _OPEN_TRACKERS.pop().finish(record, failed=record.status != "done")
 
 
-def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], family: str) -> None:
+def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], family: str, autocast_dtype) -> None:
     """One forward pass on two training examples before any training, so that a method that
     cannot run on this model is `skipped` with the reason in seconds instead of `failed` after
     minutes. Eval mode without gradients touches no random state: training is unchanged."""
@@ -240,7 +242,7 @@ def _check_method_runs(spec: RunSpec, model, tokenizer, form, rows: list[dict], 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), models.autocast(device.type, autocast_dtype):
             model(**{name: tensor.to(device) for name, tensor in batch.items()})
     except Exception as err:
         raise NotApplicable(f"{spec.method} cannot run on {spec.model}: a forward pass on one batch fails "

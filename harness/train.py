@@ -128,6 +128,9 @@ class Setup:
             "data_seed": self.seed,
             "use_cpu": placement.device == "cpu",
             "bf16": placement.dtype == "bfloat16",
+            # trl's configs turn it on by default: off unless the matrix asks (use_reentrant=False:
+            # no input that requires grad is needed, so it works for every method)
+            "activation_checkpointing": bool(training.get("gradient_checkpointing")),
             "fp16": placement.dtype == "float16",
             "remove_unused_columns": False,
             "dataloader_pin_memory": placement.device == "cuda",
@@ -206,7 +209,6 @@ def sft_trainer(model, form, train_examples, val_examples, setup: Setup):
         max_length=setup.training["max_length"],
         packing=form.options["packing"],
         completion_only_loss=True,
-        activation_checkpointing=False,  # SFTConfig turns it on by default; these models fit without
         dataset_num_proc=None,
     )
     return in_random_groups(SFTTrainer)(

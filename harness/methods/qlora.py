@@ -56,7 +56,7 @@ def load_kwargs(options: dict, placement) -> dict:
     else:
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=UNQUANTIZED_HEADS)
     device = "cuda:0" if placement.device == "cuda" else "cpu"
-    return {"quantization_config": config, "device_map": {"": device}}
+    return {"quantization_config": config, "device_map": placement.device_map or {"": device}}
 
 
 def apply(model, options: dict, family: str, head: str):

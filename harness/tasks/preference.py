@@ -287,7 +287,6 @@ def dpo_trainer(model, form: PreferencePairs, train_rows, val_rows, setup):
         label_smoothing=options["label_smoothing"], max_length=options["max_length"],
         sync_ref_model=options["sync_ref_model"], ref_model_mixup_alpha=options["ref_model_mixup_alpha"],
         ref_model_sync_steps=options["ref_model_sync_steps"],
-        gradient_checkpointing=False,  # trl's default is on; these models fit without
         dataset_num_proc=None,
     )
 
