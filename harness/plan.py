@@ -27,43 +27,51 @@ Memory estimate (bytes; shown in GiB)
     training peak = weights + gradients + optimizer states + activations
     scoring peak  = weights + inference activations at training.eval_batch_size
 
-- weights: every parameter and buffer as loaded by harness.models.load_model, i.e. float32
-  (mixed precision is autocast over float32 weights). Quantized linear weights instead:
+- weights: every parameter in its role's dtype, as harness.models.cast_by_role keeps it:
+  frozen ones in training.frozen_dtype (`compute`: the compute dtype), trained ones in
+  training.trainable_dtype (float32 unless pure bf16); buffers as built. Quantized linear weights instead:
   4-bit = 0.5 B/param plus the quantization constants: one absmax per 64-value block, stored
   as float32 (4 B per block, +0.0625 B/param) or, with double quantization, as one byte per
   block plus one float32 per 256 blocks (+~0.0159 B/param), plus the 16- and 256-entry lookup
   tables per tensor; 8-bit = 1 B/param plus one float32 scale per output row. Everything not
-  quantized (embeddings, norms, heads, biases, LoRA) stays float32.
-- gradients: trainable parameters x 4 B (float32, like the weights they belong to).
-- optimizer states: trainable parameters x 8 B (AdamW's two float32 moments).
+  quantized (embeddings, norms, heads, biases, LoRA) is in its role's dtype.
+- gradients: trainable parameters x their dtype's bytes (4 B float32, 2 B pure bf16).
+- optimizer states: twice that (AdamW's two moments, in the parameters' dtype).
 - activations (what autograd keeps for backward), with b = training.batch_size and
   s = training.max_length (capped at the model's max_position_embeddings; plus the virtual
   tokens for `prompt`), i.e. the worst case of every example at full length. Autograd keeps
   only what the gradients it must compute need (a frozen linear keeps its weight, to pass the
   gradient to its input, but not its input). Per transformer block, per token:
-      norms:        4h bytes per norm (its float32 input: the residual stream stays float32
-                    under autocast), 8h for an RMSNorm whose weight trains (+ its normalised input)
+      norms:        4h bytes per norm (its float32 input: RMSNorm casts up itself, CUDA autocast
+                    casts LayerNorm's; CPU autocast keeps LayerNorm's input in the residual
+                    stream's dtype r), + rh for an RMSNorm whose weight trains (its normalised input)
       attention:    (2q + 2kv) x c   (rotated queries and keys, values, output: fused attention)
       MLP:          3i x c gated (gate, act(gate), up), 1i x c otherwise (the activation's input)
       linear inputs, trained linears only (LoRA's A and B, adapters, everything in `full`):
                     autocast (c < 4): every linear's own cast copy, sum of in_features x c;
                     float32: linears reading the same tensor (q/k/v, gate/up) share it
       LoRA dropout > 0: its mask (1 byte; float32: + the dropped-out copy, 4 bytes) per input
-  and per block, under autocast: a c-byte copy of every non-quantized linear weight (the cast
-  that the matmul keeps for backward; 4-bit layers keep their packed weight). With h = hidden
+  and per block, under autocast: a c-byte copy of every non-quantized linear weight stored
+  wider than c (the cast that the matmul keeps for backward; a weight already in the compute
+  dtype and 4-bit layers keep themselves). `attn_implementation: eager` adds the s x s
+  probabilities of every head per token (float32 softmax output + its c-byte copy; c alone for
+  LayerNorm models on the CPU). After the blocks: the final norm, as a block's. The residual
+  stream's dtype r is the input embeddings' (bf16 for a bf16 frozen base; float32 when they
+  train or float32 soft prompts join them). With h = hidden
   size, q = heads x head_dim, kv = key/value heads x head_dim, i = the MLP's intermediate size,
   c = the compute dtype's bytes. Blocks count from the first one that backward must reach:
   every block when anything before the blocks trains (embeddings in `full`, soft prompts,
   prefixes) or when the first block has trainable weights (LoRA, IA3, adapters), the last N
-  for `transfer`, none when only the head trains. With gradient checkpointing (the qlora
-  option) only each block's float32 input is kept, plus one block's activations while it is
-  recomputed. Plus the logits: b x k x vocab x (c + 4 for the float32 loss), k = the positions
+  for `transfer`, none when only the head trains. With gradient checkpointing
+  (training.gradient_checkpointing, or qlora's option) every block's input (r bytes) is kept -
+  the frozen blocks' too, as measured - plus one block's activations while it is recomputed. Plus the logits: b x k x vocab x (c + 4 for the float32 loss), k = the positions
   the task scores (its SCORED_POSITIONS: 1 for `sentiment`, which asks the LM for the last
   position only; every position otherwise). A task whose example is several sequences
   (SEQUENCES_PER_EXAMPLE: a preference pair's chosen and rejected answers, 2) multiplies b. The fused attention of the GPU (SDPA) never stores the s x s score
   matrix, so none is counted.
-  Checked against the bytes autograd really saves (tests/test_plan.py, CPU, float32 and bf16
-  autocast, encoder and decoder, full/lora/transfer/adapter): within 25%, mostly within 10%;
+  Checked against the bytes autograd really saves (tests/test_plan.py, CPU, float32, bf16
+  autocast over float32 weights and a bf16 frozen base, encoder and decoder,
+  full/lora/transfer/adapter; checkpointing and eager attention on the decoder): within 30%;
   the first block of LoRA/adapter runs keeps less than counted (its input needs no gradient).
   Inference activations: one block's worth at the eval batch size (nothing is kept between
   blocks), plus the logits.
@@ -74,7 +82,8 @@ Memory estimate (bytes; shown in GiB)
   reference's forward runs without gradients, so it adds no activations kept for backward.
 - compute dtype: training.dtype; `auto` is taken as bfloat16 unless training.device is `cpu`
   (float32), i.e. the plan assumes the GPU it is checked against supports bf16; qlora's
-  compute_dtype wins when set.
+  compute_dtype wins when set. docs/precision.md works the Llama-2-7B LoRA figure out by hand.
+- device_map: the estimate is the total over the devices a qlora run's map spreads it on.
 
 Not counted: the CUDA context and the allocator's slack. `fits` therefore keeps a reserve:
 a run fits when estimate + 1 GiB <= --gpu-mem. The parts are summed with no overlap, so real
