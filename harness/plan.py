@@ -272,7 +272,7 @@ class Planner:
         memory, shape = estimate_memory(model, config, spec, method, options, head, compute, quant, quantized,
                                         reference, roles)
         return Counted(trainable=trainable, total=total, memory=memory, compute_dtype=compute,
-                       weight_format=weight_format(quant, roles), **shape)
+                       weight_format=weight_format(model, quant, roles), **shape)
 
 
 def _key(spec: RunSpec) -> str:
@@ -352,10 +352,14 @@ def weight_dtypes(training: dict) -> dict[str, str]:
             for role, key in (("frozen", "frozen_dtype"), ("trained", "trainable_dtype"))}
 
 
-def weight_format(quant: dict | None, roles: dict[str, str]) -> str:
-    """The table's weights column: the frozen weights' format (the trained ones' when not float32)."""
+def weight_format(model, quant: dict | None, roles: dict[str, str]) -> str:
+    """The table's weights column: the frozen weights' format (with the trained ones' when not
+    float32), or the trained ones' when everything trains (full fine-tuning)."""
+    trained = _short(roles["trained"])
+    if all(p.requires_grad for p in model.parameters()):
+        return trained
     frozen = quant["label"] if quant else _short(roles["frozen"])
-    return frozen if roles["trained"] == "float32" else f"{frozen}+{_short(roles['trained'])} trained"
+    return frozen if roles["trained"] == "float32" else f"{frozen}+{trained} trained"
 
 
 def quantization(method, options: dict, compute: str, training: dict) -> dict | None:
