@@ -85,7 +85,7 @@ class TrainingConfig(Strict):
     )
     gradient_checkpointing: bool = Field(
         False, description="recompute each block's activations in backward (every method; less memory, "
-        "about 30% slower)"
+        "each block's forward runs twice)"
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
         None, description="attention kernel (transformers' attn_implementation); default: the model's "
