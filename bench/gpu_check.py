@@ -71,6 +71,10 @@ def matrix_text(name: str, models: list[str], methods: list[str], sizes: dict, d
               "seeds: [0]"]
     if checkpoint_model:  # the larger model with gradient checkpointing: its memory is then mostly weights
         lines += ["overrides:", f"  - {{model: {json.dumps(checkpoint_model)}, training: {{gradient_checkpointing: true}}}}"]
+        if "prefix" in methods:  # peft prefix tuning fails under checkpointing (the cache is off, the prefix is lost:
+            # "size of tensor a (42) must match the size of tensor b (50)", found by this check on the CPU)
+            lines += [f"  - {{model: {json.dumps(checkpoint_model)}, method: prefix, "
+                      "training: {gradient_checkpointing: false}}"]
     return "\n".join(lines) + "\n"
 
 
@@ -109,6 +113,8 @@ def build_large(folder: Path, shape: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     del model
+    if device == "cuda":
+        torch.cuda.empty_cache()  # the workers need the memory, not this process's cache
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (smol / name).exists():
             shutil.copy(smol / name, folder / name)
@@ -238,9 +244,13 @@ def report(summary: dict, cuda: bool, large_label: str) -> str:
 
 # --------------------------------------------------------------------------- reading the store
 
-def read_runs(store, matrix_name: str) -> list[dict]:
-    out = []
-    for row in store.runs(matrix_name).to_dict("records"):
+def read_runs(store, matrix) -> list[dict]:
+    """The matrix's runs as the store holds them (only its current run_ids: a kept work folder's
+    store may hold older ones under the same matrix name)."""
+    out, wanted = [], {spec.run_id for spec in matrix.runs}
+    for row in store.runs(matrix.name).to_dict("records"):
+        if row["run_id"] not in wanted:
+            continue
         metrics = store.metrics(row["run_id"])
         eff = {m["name"]: m["value"] for m in metrics.to_dict("records") if m["kind"] == "efficiency"}
         curve = store.curves(row["run_id"])
@@ -250,7 +260,8 @@ def read_runs(store, matrix_name: str) -> list[dict]:
                     "error": row["error"] if isinstance(row["error"], str) else None,
                     "peak_memory_mb": eff.get("peak_memory_mb"), "train_tokens_per_s": eff.get("train_tokens_per_s"),
                     "losses": losses, "device": config.get("placement", {}).get("device")})
-    return out
+    order = {method: i for i, method in enumerate(METHODS)}
+    return sorted(out, key=lambda r: (r["model"] != SMOLLM, order.get(r["method"], len(order))))
 
 
 def plan_estimates(matrix) -> dict[str, int]:
@@ -305,8 +316,8 @@ def main() -> int:
                   echo=lambda line: print(f"  {line}"))
             sweep_s[key] = time.perf_counter() - t
         worker = worker_cuda()  # after the sweeps: from the forkserver they started (with its preload)
-        runs = read_runs(store, loaded["main"].name)
-        fp32 = read_runs(store, loaded["fp32"].name)
+        runs = read_runs(store, loaded["main"])
+        fp32 = read_runs(store, loaded["fp32"])
         fp32_losses = fp32[0]["losses"] if fp32 and fp32[0]["status"] == "done" else []
         summary = summarize(runs, plan_estimates(loaded["main"]), fp32_losses, str(large), cuda, worker)
         label = f"llama-h{shape['hidden_size']}x{shape['num_hidden_layers']}"
