@@ -623,6 +623,13 @@ def _resolve_cell(name: str, cell: dict, layers: dict, base_dir: Path, problems:
             problems.add(f"{where}.device_map", f"places a quantized model, and method {cell['method']} loads none "
                          "(it trains on training.device); set it for qlora runs only, with an override")
             continue
+        if resolved["training"]["gradient_checkpointing"] and not getattr(
+                methods.REGISTRY[cell["method"]], "GRADIENT_CHECKPOINTING", True):
+            where = merged["training"][1].get("gradient_checkpointing", "training")
+            problems.add(f"{where}.gradient_checkpointing", f"method {cell['method']} cannot train with "
+                         "activation checkpointing (peft's prefix key/values need the cache it turns off); "
+                         "turn it off for this method with an override")
+            continue
         runs.append(RunSpec(
             matrix=name,
             model=cell["model"],

@@ -162,6 +162,15 @@ def test_bad_precision_and_placement_options_are_clear_errors(tiny_models, tiny_
     assert any(p.startswith(f"{path}: {where}") and expected in p for p in err.value.problems), err.value.problems
 
 
+def test_prefix_with_gradient_checkpointing_is_refused_naming_both(tiny_models, tiny_dataset, tmp_path):
+    path = sentiment_matrix(tmp_path, tiny_models, tiny_dataset, "gradient_checkpointing: true",
+                            "  - lora: {lr: 1.0e-2}\n  - prefix: {lr: 1.0e-2}")
+    with pytest.raises(matrix.MatrixError) as err:
+        matrix.load(path)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{path}: training.gradient_checkpointing") and "method prefix" in problem
+
+
 def test_device_map_for_qlora_through_an_override_validates(tiny_models, tiny_dataset, tmp_path):
     path = sentiment_matrix(tmp_path, tiny_models, tiny_dataset, "dtype: float32",
                             "  - lora: {lr: 1.0e-2}\n  - qlora: {lr: 1.0e-2}")

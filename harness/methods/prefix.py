@@ -15,6 +15,9 @@ NAME = "prefix"
 TRAINS = True
 PEFT_ADAPTER = True  # on decoders (see harness.methods.Method)
 LM_HEADS = ("causal_lm", "seq2seq_lm")  # peft's past_key_values path works for these
+# Activation checkpointing turns the cache off, and with it the prefix's past key/values: the
+# attention mask keeps the virtual positions and the shapes part (found by bench/gpu_check.py).
+GRADIENT_CHECKPOINTING = False
 
 
 class Options(peft_options.PeftOptions):
