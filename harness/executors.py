@@ -377,7 +377,9 @@ class RayExecutor:
             ray.init(address=self.address, configure_logging=False)
         else:
             _ray_on_loopback_only()  # again, in case Ray was imported before
-            ray.init(num_cpus=self.local_cpus or _cpu_count(), include_dashboard=False, configure_logging=False)
+            # "local": a new local Ray even when RAY_ADDRESS or another cluster on this machine is about
+            ray.init(address="local", num_cpus=self.local_cpus or _cpu_count(), include_dashboard=False,
+                     configure_logging=False)
             self._started_here = True
         self.gcs_address = ray.get_runtime_context().gcs_address
         resources = ray.cluster_resources()
