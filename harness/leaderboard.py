@@ -125,6 +125,14 @@ def build(long: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
     return board.reset_index(drop=True)
 
 
+def extra_set_columns(board: pd.DataFrame) -> list[str]:
+    """The board's task metrics on extra test sets (a task's eval_datasets, preference's
+    `generation`), in board order: `build` gives them, as it gives the test and forgetting
+    columns, a seed spread (`_ci95`)."""
+    return [c for c in board.columns if isinstance(c, str) and f"{c}_ci95" in board
+            and not c.startswith(("test_", "forgetting_"))]
+
+
 def chosen_run_ids(board: pd.DataFrame, long: pd.DataFrame) -> list[str]:
     """The runs the board's rows stand for (their model, method and chosen learning rate)."""
     if board.empty:

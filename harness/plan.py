@@ -38,7 +38,8 @@ Memory estimate (bytes; shown in GiB)
 - gradients: trainable parameters x their dtype's bytes (4 B float32, 2 B pure bf16).
 - optimizer states: twice that (AdamW's two moments, in the parameters' dtype).
 - activations (what autograd keeps for backward), with b = training.batch_size and
-  s = training.max_length (capped at the model's max_position_embeddings; plus the virtual
+  s = training.max_length, or the task's option that replaces it (SEQUENCE_LENGTH_OPTION:
+  preference's max_length) (capped at the model's max_position_embeddings; plus the virtual
   tokens for `prompt`), i.e. the worst case of every example at full length. Autograd keeps
   only what the gradients it must compute need (a frozen linear keeps its weight, to pass the
   gradient to its input, but not its input). Per transformer block, per token:
@@ -444,8 +445,10 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
     cd = DTYPE_BYTES[compute]
 
     training = spec.training
-    limit = getattr(text, "max_position_embeddings", None) or training["max_length"]
-    seq = min(training["max_length"], limit) + _virtual_tokens(model)
+    task = tasks.REGISTRY[spec.task]
+    length = sequence_length(task, spec)
+    limit = getattr(text, "max_position_embeddings", None) or length
+    seq = min(length, limit) + _virtual_tokens(model)
     residual = residual_bytes(model, roles)
     upcasts = training.get("device") != "cpu" or cd == FP32  # see _norm_bytes
 
@@ -457,7 +460,6 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
         explicit = any("RMS" in type(m).__name__ for m in blocks[-1].modules())  # Llama-style: softmax in float32
         per_token += heads * seq * (cd + (FP32 if cd < FP32 and (upcasts or explicit) else 0))
     after_blocks = sum(_norm_bytes(m, hidden, residual, upcasts) for m in _final_norms(model, blocks_name))
-    task = tasks.REGISTRY[spec.task]
     sequences = getattr(task, "SEQUENCES_PER_EXAMPLE", 1)
     batch, eval_batch = sequences * training["batch_size"], sequences * training["eval_batch_size"]
     positions = getattr(task, "SCORED_POSITIONS", None) or seq
@@ -484,6 +486,15 @@ def estimate_memory(model, config, spec: RunSpec, method, options: dict, head: s
                         kept + batch * logits_per_example, eval_acts, reference)
     return memory, {"batch": batch, "seq": seq, "layers": layers, "backward_layers": backward,
                     "recomputed": recomputed if method.TRAINS else 0}
+
+
+def sequence_length(task, spec: RunSpec) -> int:
+    """Tokens per sequence: training.max_length, or the task's own option where it replaces it
+    (SEQUENCE_LENGTH_OPTION: preference's max_length, prompt + answer)."""
+    option = getattr(task, "SEQUENCE_LENGTH_OPTION", None)
+    if option and spec.task_options.get(option) is not None:
+        return spec.task_options[option]
+    return spec.training["max_length"]
 
 
 def needs_reference_copy(model, task, method) -> bool:

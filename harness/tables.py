@@ -5,7 +5,8 @@ model in its order, best first). The primary test metric is shown as mean with i
 95% interval: the paired-bootstrap interval over items and seeds (`test_<primary>_low/_high`,
 harness.comparisons) where the store has item outcomes, else mean +- the seeds' `_ci95`, else
 the mean alone. The gain over the model's `base` row comes with its paired interval, the other
-test metrics as mean (+- `_ci95` over seeds), trainable parameters in human units (2.4M).
+test metrics and those on extra test sets (`generation_positive_rate`) as mean (+- `_ci95` over
+seeds), trainable parameters in human units (2.4M).
 
 Bold marks, per model, the rows tied with the best: `tied_with_best` (not significantly worse
 than the model's best row: McNemar / paired bootstrap, Holm-corrected). Where a model's rows have
@@ -47,6 +48,7 @@ def cells(board: pd.DataFrame, task: str | None = None) -> tuple[list[str], list
     board = by_model(board)
     primary = primary_column(board)
     others = [c for c in board.columns if c.startswith("test_") and c != primary and not c.endswith(SUFFIXES)]
+    others += leaderboard.extra_set_columns(board)
     gain = "gain" in board and board["gain"].notna().any()
     header = ["model", "method", f"{_label(primary)} [95%]"] + (["gain over base [95%]"] if gain else [])
     header += [_label(c) for c in others] + ["trainable"]

@@ -199,6 +199,15 @@ def test_plan_counts_the_frozen_reference_copy_only_where_there_is_one(tiny_mode
     assert rows["full"].memory.reference == rows["full"].memory.weights  # one more float32 copy
     assert rows["adapter"].memory.reference == rows["base"].memory.weights
     assert rows["full"].batch == 16  # 8 pairs = 16 sequences
+    assert rows["full"].seq == 32  # the task's max_length (prompt + answer), not training.max_length
+
+
+def test_plan_sizes_sequences_by_the_tasks_max_length(tiny_models, pairs_file, tmp_path):
+    text = sweep_matrix(tiny_models, pairs_file, "[lora]").replace("device: cpu", "device: cpu, max_length: 16")
+    short = plan.plan(matrix.load(write_matrix(tmp_path, text)))[0].counted
+    longer = plan.plan(matrix.load(write_matrix(tmp_path, text.replace("max_length: 32", "max_length: 64"))))[0].counted
+    assert (short.seq, longer.seq) == (32, 64)
+    assert longer.memory.activations > short.memory.activations
 
 
 def test_sentiment_control_pairs_are_split_by_movie(tmp_path):

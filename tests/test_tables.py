@@ -32,6 +32,7 @@ def record(model: str, method: str, right: int, trainable: int, seed: int) -> Ru
     rec.add_metric("task", "accuracy", sum(values) / N_ITEMS, split="test")
     rec.add_metric("task", "f1_macro", sum(values) / N_ITEMS - 0.05, split="test")
     rec.add_metric("task", "accuracy", sum(values) / N_ITEMS, split="validation")
+    rec.add_metric("task", "positive_rate", (right - seed) / N_ITEMS, split="generation")  # an extra test set
     rec.add_metric("efficiency", "trainable_params", trainable)
     return rec
 
@@ -70,7 +71,10 @@ def test_markdown_values_equal_the_leaderboard(store):
         assert bool(bold) == bool(row["tied_with_best"])
         assert cells[header.index("f1_macro")].split(" ± ") == [f"{row['test_f1_macro']:.3f}",
                                                                 f"{row['test_f1_macro_ci95']:.3f}"]
+        assert cells[header.index("generation_positive_rate")].split(" ± ") == [
+            f"{row['generation_positive_rate']:.3f}", f"{row['generation_positive_rate_ci95']:.3f}"]
         assert cells[-1] == tables.human(row["trainable_params"])
+    assert header[-2:] == ["generation_positive_rate", "trainable"]
     by_method = {(c[0], c[1]): c for c in body}
     assert by_method[("m_1", "lora")][-1] == "2.4M" and by_method[("m_2", "base")][3] == "-"
     assert by_method[("m_1", "lora")][2].startswith("**") and not by_method[("m_1", "base")][2].startswith("**")

@@ -57,6 +57,7 @@ HIGHER_IS_BETTER = {"preference_accuracy": True, "reward_margin": True, "chosen_
                     "likelihood_accuracy": True, "kl_to_reference": False, "positive_rate": True}
 NEEDS_REFERENCE = True
 SEQUENCES_PER_EXAMPLE = 2  # a pair trains as its chosen and its rejected sequence
+SEQUENCE_LENGTH_OPTION = "max_length"  # replaces training.max_length (harness.plan sizes by it)
 GENERATION_SPLIT = "generation"
 RUN_PREFIX = "run:"
 SENTIMENT_CONTROL = "rotten_tomatoes"
