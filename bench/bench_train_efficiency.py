@@ -34,6 +34,12 @@ formulation skips it) is printed beside it for comparison with the 51-62% cited 
     python bench/bench_train_efficiency.py --dtype bfloat16     # bf16 autocast (AVX512-BF16 CPUs)
     python bench/bench_train_efficiency.py --methods lora --steps 10 --batch-size 16 --max-length 128
     python bench/bench_train_efficiency.py --quick              # a tiny Llama built in code, 2 steps
+    python bench/bench_train_efficiency.py --methods full,lora,lora-dropout0,ia3 --max-length 128 --steps 8
+
+Variants (--methods): full, lora, ia3 with matrices/sentiment.yaml's SmolLM2 options, and
+lora-dropout0 (LoRA without its dropout: the option that trades fidelity for speed). The run
+ends with a summary for issue 19: each variant's step against full fine-tuning's (target 4:
+LoRA <= 0.75x) and the harness's step rate against the plain loop's (target 5: >= 0.95x).
 """
 from __future__ import annotations
 
@@ -50,7 +56,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TARGET = 0.60
-LR = {"full": 2.0e-5, "lora": 1.0e-3}  # matrices/sentiment.yaml's rates for SmolLM2
+LORA_TARGET = 0.75  # issue 19, target 4: LoRA's step <= 0.75 x full fine-tuning's
+HAND_LOOP_TARGET = 0.95  # target 5: the harness's step rate >= 0.95 x the hand-written loop's
+# variant -> (method, options beyond its defaults); matrices/sentiment.yaml's rates for SmolLM2
+VARIANTS = {"full": ("full", {"lr": 2.0e-5}), "lora": ("lora", {"lr": 1.0e-3}),
+            "lora-dropout0": ("lora", {"lr": 1.0e-3, "dropout": 0.0}),  # trades fidelity: no dropout masks
+            "ia3": ("ia3", {"lr": 3.0e-3})}
 SEED = 0
 
 
@@ -128,8 +139,8 @@ def setup(args, tmp: Path) -> tuple[str, dict]:
     return str(path), Options(dataset=str(data), group_column="movie", **sizes).model_dump()
 
 
-def load(path: str, method: str, form_options: dict, training: dict):
-    """The model as a harness run gets it: loaded by harness.models, the method applied."""
+def load(path: str, variant: str, form_options: dict, training: dict):
+    """The model as a harness run gets it: loaded by harness.models, the variant's method applied."""
     from transformers import set_seed
 
     from harness import methods, models, tasks
@@ -139,8 +150,9 @@ def load(path: str, method: str, form_options: dict, training: dict):
     form = tasks.REGISTRY["sentiment"].formulation("causal_lm", tokenizer, form_options, training)
     model = models.load_model(path, "causal_lm", tokenizer=tokenizer)
     weights = count_weights(model)
+    method, options = VARIANTS[variant]
     spec = methods.REGISTRY[method]
-    model = spec.apply(model, spec.Options(lr=LR[method]).model_dump(), "decoder", "causal_lm")
+    model = spec.apply(model, spec.Options(**options).model_dump(), "decoder", "causal_lm")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, form, weights, trainable
 
@@ -309,6 +321,22 @@ def padding_line(args, path: str, options: dict, base_dir: str) -> str:
             + ", ".join(f"{name} {value:.1%}" for name, value in padding.items()))
 
 
+def summary(steps: dict[str, tuple[float, float]]) -> list[str]:
+    """Targets 4 and 5 of issue 19 from this run's steps: each variant's step against full
+    fine-tuning's (harness and plain loop), and the harness's step rate against the plain loop's."""
+    lines = ["summary (seconds per step, this run)"]
+    for variant, (harness, plain) in steps.items():
+        line = f"  {variant}: harness {harness:.4f}, plain {plain:.4f}, harness step rate / plain " \
+               f"{plain / harness:.3f} (target >= {HAND_LOOP_TARGET})"
+        if variant != "full" and "full" in steps:
+            full_h, full_p = steps["full"]
+            line += f"; / full: harness {harness / full_h:.3f}, plain {plain / full_p:.3f}"
+            if VARIANTS[variant][0] == "lora":
+                line += f" (target <= {LORA_TARGET})"
+        lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny Llama built in code, 2 steps (checks the bench)")
@@ -316,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--batch-size", type=int, help="examples per step (default 8; --quick 4)")
     parser.add_argument("--max-length", type=int, help="tokens per example at most (default 64; --quick 32)")
-    parser.add_argument("--methods", default="full,lora", help="comma-separated: full, lora (default both)")
+    parser.add_argument("--methods", default="full,lora",
+                        help=f"comma-separated variants: {', '.join(VARIANTS)} (default full,lora)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="training compute dtype (bfloat16: autocast over float32 weights)")
     parser.add_argument("--group-by-length", action="store_true",
@@ -330,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     args.max_length = args.max_length or (32 if args.quick else 64)
     args.matmul_size = args.matmul_size or (512 if args.quick else 2048)
     chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not chosen or set(chosen) - set(LR) or args.steps < 1 or args.warmup < 1:
-        parser.error(f"--methods takes {', '.join(LR)}; --steps and --warmup must be at least 1")
+    if not chosen or set(chosen) - set(VARIANTS) or args.steps < 1 or args.warmup < 1:
+        parser.error(f"--methods takes {', '.join(VARIANTS)}; --steps and --warmup must be at least 1")
     quiet_env()
 
     import torch
@@ -368,9 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                      f"{args.warmup} warm-up step(s), "
                      f"{'batches grouped by length' if args.group_by_length else 'uniformly shuffled batches'}")
         lines.append(padding_line(args, path, options, str(tmp)))
+        steps = {}  # variant -> (harness, plain) seconds per step
         for method in chosen:
             model, form, weights, trainable = load(path, method, options, training)
-            marks, batches = harness_steps(model, form, examples, training, LR[method], placement,
+            marks, batches = harness_steps(model, form, examples, training, VARIANTS[method][1]["lr"], placement,
                                             tmp / f"trainer-{method}")
             del model
             gc.collect()
@@ -389,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in h.items() if k != "step"))
 
             model, _, _, _ = load(path, method, options, training)
-            p, step = plain_steps(model, batches, LR[method], args.dtype, args.warmup)
+            p, step = plain_steps(model, batches, VARIANTS[method][1]["lr"], args.dtype, args.warmup)
+            steps[method] = (h["step"], p["step"])
             lines.append(f"  {method} plain loop: {p['step']:.4f} s/step, {fractions(flops, p['step'])}")
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in p.items() if k != "step"))
             lines.append(f"  {method} ratio harness / plain (seconds per step): {h['step'] / p['step']:.3f}")
@@ -405,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                              + ", ".join(f"{name} {share:.0%}" for name, _s, share in ops))
             del model, step
             gc.collect()
+    lines += summary(steps)
     print("\n".join(lines))
     return 0
 

@@ -156,6 +156,14 @@ def test_bench_train_efficiency_quick():
         assert 0 < number_after(convention, "harness") < 1.5 and 0 < number_after(convention, "plain") < 1.5
     assert "split: forward+loss" in out and "split: between steps (data, logging)" in out
     assert 0 < trainable["lora"] < trainable["full"]
+    step = {(m, who): number_after(line_with(out, f"  {m} {who}: "), who + ":")
+            for m in ("full", "lora") for who in ("harness", "plain loop")}
+    lora = line_with(out, "  lora: harness ")  # the summary: targets 4 and 5
+    assert number_after(lora, "/ full: harness") == pytest.approx(step["lora", "harness"] / step["full", "harness"],
+                                                                   rel=0.01, abs=1e-3)
+    assert number_after(lora, "harness step rate / plain") == pytest.approx(
+        step["lora", "plain loop"] / step["lora", "harness"], rel=0.01, abs=1e-3)
+    assert "(target <= 0.75)" in lora and "(target >= 0.95)" in line_with(out, "  full: harness ")
 
 
 def test_bench_train_efficiency_quick_bf16():
