@@ -121,6 +121,27 @@ def test_scoring_layout_speeds_generation_steps_only_and_restores_the_exact_weig
 
 
 @needs_avx512bf16
+def test_scoring_that_never_generates_repacks_nothing(decoder_128, monkeypatch):
+    """The inference layout is made at a layer's first generation step: whole-prompt scoring
+    (classification, log-likelihood probes) pays no repacking."""
+    import bitsandbytes.functional as bnbf
+
+    from harness.methods import qlora
+
+    model, form = load_4bit(decoder_128)
+    model.eval()
+    repacked = []
+    convert = bnbf._convert_weight_packed_for_cpu
+    monkeypatch.setattr(bnbf, "_convert_weight_packed_for_cpu", lambda *a, **k: repacked.append(1) or convert(*a, **k))
+    with qlora.scoring_layout(model), torch.inference_mode():
+        form.logits_and_loss(model, dict(_batch(form, 1)))
+        assert repacked == []
+        model(input_ids=torch.tensor([[5], [9]]))  # a generation step: each layer repacked once
+        model(input_ids=torch.tensor([[7], [3]]))
+    assert len(repacked) == len(_four_bit_layers(model)) > 0
+
+
+@needs_avx512bf16
 def test_no_gradient_is_computed_through_the_inference_layout(decoder_128):
     from harness.methods import qlora
 

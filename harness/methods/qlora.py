@@ -77,8 +77,9 @@ FAST_LAYOUT_MAX_TOKENS = 64
 @contextlib.contextmanager
 def scoring_layout(model):
     """While the trained model is scored and probed: each 4-bit layer also holds its weight in
-    bitsandbytes' fast CPU inference layout (AVX512-BF16 CPUs; the run keeps bitsandbytes' own
-    repacking off, harness.models.keep_4bit_trainable_on_cpu), and a forward uses it when it
+    bitsandbytes' fast CPU inference layout (AVX512-BF16 CPUs; made at the layer's first
+    generation step; the run keeps bitsandbytes' own repacking off,
+    harness.models.keep_4bit_trainable_on_cpu), and a forward uses it when it
     is a generation step (one new token per sequence, at most FAST_LAYOUT_MAX_TOKENS of them)
     that needs no gradients; any other forward runs on the training layout, so no gradient is
     ever computed through the inference layout (it has no backward), and scoring whole prompts
@@ -106,15 +107,27 @@ def scoring_layout(model):
 
 class _Layouts:
     """One 4-bit layer's weight in its training layout and in the inference layout, and which
-    of them its next forward uses."""
+    of them its next forward uses. The inference layout is made at the layer's first generation
+    step, so scoring that never generates (classification, log-likelihood probes) repacks nothing."""
 
     def __init__(self, layer):
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu
-
         self.layer = layer
         self.training = (layer.weight.data, layer.weight.quant_state)
-        packed_state = copy.copy(layer.weight.quant_state)  # the conversion rewrites the state it is given
-        self.inference = _convert_weight_packed_for_cpu(layer.weight.data, packed_state)
+        self._inference = None
+
+    @property
+    def inference(self):
+        if self._inference is None:
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu
+
+            data, state = self.training
+            packed_state = copy.copy(state)  # the conversion rewrites the state it is given
+            self._inference = _convert_weight_packed_for_cpu(data, packed_state)
+        return self._inference
+
+    @property
+    def repacked(self) -> bool:
+        return self._inference is not None
 
     def use(self, layout) -> None:
         self.layer.weight.data, self.layer.weight.quant_state = layout
@@ -125,7 +138,8 @@ class _Layouts:
         x = args[0]
         generation_step = x.dim() >= 2 and x.shape[-2] == 1 and x.numel() // x.shape[-1] <= FAST_LAYOUT_MAX_TOKENS
         fast = generation_step and not layer.training and not (torch.is_grad_enabled() and x.requires_grad)
-        self.use(self.inference if fast else self.training)
+        if fast or self.repacked:
+            self.use(self.inference if fast else self.training)
 
 
 def _repackable(layer) -> bool:
