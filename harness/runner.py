@@ -148,7 +148,8 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
                 model.to(placement.device)
                 record.add_metric("efficiency", "artifact_mb", 0.0)
             start = time.perf_counter()
-            scoring.enter_context(methods.prepared_for_scoring(method, model))
+            scoring.enter_context(methods.prepared_for_scoring(
+                method, model, merge=not getattr(task, "NEEDS_REFERENCE", False)))
             clock.lap(phases.SCORE_SETUP)
             _score_splits(spec, record, task, form, model, splits, placement, autocast, progress, clock)
             record.add_metric("efficiency", "eval_time_s", time.perf_counter() - start)

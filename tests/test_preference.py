@@ -154,13 +154,18 @@ def test_base_row_is_reproducible_and_is_its_own_reference(tiny_models, pairs_fi
     assert items["metric"] == "preference_accuracy" and set(items["value"]) == {0.5} and len(items["value"]) == 16
 
 
-def test_a_trained_run_scores_every_metric_and_stores_items(tiny_models, pairs_file, tmp_path):
+def test_a_trained_run_scores_every_metric_and_stores_items(tiny_models, pairs_file, tmp_path, monkeypatch):
+    from peft.tuners.tuners_utils import BaseTuner
+
     from harness.runner import execute
 
+    merges = []  # scoring disables the adapter for the reference: merging first would be undone at once
+    monkeypatch.setattr(BaseTuner, "merge_adapter", lambda self, *a, **k: merges.append(1))
     text = sweep_matrix(tiny_models, pairs_file, "[{lora: {lr: 3.0e-2, r: 4}}]", beta=0.5)
     spec = matrix.load(write_matrix(tmp_path, text)).runs[0]
     record = execute(spec, sweep="s", run_dir=tmp_path / "run", progress=False)
     assert record.status == "done", record.traceback
+    assert merges == []
     task = {(m["name"], m["split"]): m["value"] for m in record.metrics if m["kind"] == "task"}
     assert task[("preference_accuracy", "test")] > 0.5
     assert task[("reward_margin", "test")] > 0 and task[("kl_to_reference", "test")] > 0

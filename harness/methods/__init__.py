@@ -84,11 +84,15 @@ def _frozen_in_16_bits(model) -> bool:
     return any(p.is_floating_point() and p.element_size() == 2 for p in model.parameters() if not p.requires_grad)
 
 
-def prepared_for_scoring(method: Method, model):
+def prepared_for_scoring(method: Method, model, merge: bool = True):
     """The context a trained model is scored and probed in: merged (`merged_for_scoring`), or
-    in the method's own `scoring_layout`, or as it is."""
+    in the method's own `scoring_layout`, or as it is. `merge=False` for a task whose scoring
+    disables the adapter (a reference model): peft unmerges a merged adapter on the first such
+    call, so merging first would only cost a merge and an unmerge (lossy for IA3)."""
     layout = getattr(method, "scoring_layout", None)
-    return layout(model) if layout else merged_for_scoring(method, model)
+    if layout:
+        return layout(model)
+    return merged_for_scoring(method, model) if merge else contextlib.nullcontext(model)
 
 
 @dataclass(frozen=True)
