@@ -161,12 +161,13 @@ def cmd_sweep(args) -> int:
     from harness import matrix as matrix_mod
 
     loaded = matrix_mod.load(args.matrix)
+    executor = _executor(args)
+    getattr(executor, "warm_up", lambda: None)()  # its preload overlaps the store's import and the checks
     _quiet_libraries()
     from harness.store import Store
     from harness.sweep import sweep
 
     store = Store(args.db)
-    executor = _executor(args)
     try:
         summary = sweep(loaded, store, Path(args.db).parent, force=args.force or False,
                         retry_failed=args.retry_failed, executor=executor,

@@ -39,6 +39,7 @@ Started = Callable[[RunSpec, str], None]  # (spec, where it runs), called once i
 START_ENV = "HARNESS_WORKER_START"
 FAULT_LOG = "worker-faults.log"  # faulthandler's dump of a worker that crashed, in its run folder
 TERMINATE_WAIT_S = 5.0  # after SIGTERM, how long a worker gets before SIGKILL
+PRELOAD = "harness._worker_preload"  # what the fork server imports once
 
 
 class ExecutorError(RuntimeError):
@@ -174,6 +175,18 @@ class LocalExecutor:
         gpus = f", GPUs {','.join(self.gpus)}" if self.gpus else ""
         return f"{what} ({self.threads} torch threads each{gpus})"
 
+    def warm_up(self) -> None:
+        """Start the fork server now (idempotent), so that its preload (torch and the run stack,
+        seconds) runs on another core while the sweep validates, checks and plans, instead of
+        after. A server that gets no run exits with the sweep."""
+        if self.in_process or self.start_method != "forkserver":
+            return
+        import multiprocessing as mp
+        from multiprocessing import forkserver
+
+        mp.get_context("forkserver").set_forkserver_preload([PRELOAD])
+        forkserver.ensure_running()
+
     def open(self) -> None:
         if self.in_process:
             return
@@ -202,7 +215,7 @@ class LocalExecutor:
 
         ctx = mp.get_context(self.start_method)
         if self.start_method == "forkserver":
-            ctx.set_forkserver_preload(["harness._worker_preload"])
+            ctx.set_forkserver_preload([PRELOAD])
         queue, free = deque(specs), list(range(self.workers))
         active: dict[int, _Worker] = {}  # slot -> worker
         try:

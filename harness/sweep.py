@@ -94,10 +94,11 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
     process per run) or a RayExecutor. Nothing touches the store before the matrix's data
     passed `preflight`. As with any multiprocessing code, a script that calls this needs an
     `if __name__ == "__main__":` guard: worker processes import the script's main module."""
+    executor = executor or LocalExecutor()
+    getattr(executor, "warm_up", lambda: None)()
     forced = _forced(matrix, force)
     preflight(matrix)
     _warn_if_not_locked(echo)
-    executor = executor or LocalExecutor()
     sweep_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     results_dir = Path(results_dir).resolve()
     with SweepLock(store.path, matrix.name):

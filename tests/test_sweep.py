@@ -157,6 +157,28 @@ def test_second_sweep_trains_nothing(swept, monkeypatch):
     assert again.already_finished == 8 and not again.done and not again.failed
 
 
+@pytest.mark.parametrize("in_process", [False, True])
+def test_the_fork_server_starts_before_the_sweeps_checks(tiny_matrix, tmp_path, monkeypatch, in_process):
+    """Its preload (torch and the run stack) overlaps validation, preflight and planning; the
+    in-process executor starts none."""
+    from multiprocessing import forkserver
+
+    from harness import sweep as sweep_module
+
+    calls = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: calls.append("fork server"))
+
+    def preflight(matrix):
+        calls.append("preflight")
+        raise sweep_module.SweepError("stop here")
+
+    monkeypatch.setattr(sweep_module, "preflight", preflight)
+    executor = executors.LocalExecutor(in_process=in_process, start_method="forkserver")
+    with pytest.raises(sweep_module.SweepError, match="stop here"):
+        sweep(matrix.load(tiny_matrix), Store(tmp_path / "h.duckdb"), tmp_path, executor=executor)
+    assert calls == (["preflight"] if in_process else ["fork server", "preflight"])
+
+
 def test_a_failing_run_does_not_stop_the_sweep(tiny_matrix, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("adapter exploded")
