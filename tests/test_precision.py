@@ -45,28 +45,34 @@ def test_frozen_weights_in_bf16_trained_ones_in_float32(tiny_models, family, met
         assert any(p.dtype == torch.uint8 for p in model.parameters())
 
 
-def head_ops(model, inputs) -> tuple[torch.Tensor, list[str]]:
+def head_ops(model, inputs, dtype: str) -> tuple[torch.Tensor, list[str]]:
     from torch.profiler import ProfilerActivity, profile
 
-    with torch.inference_mode(), models.autocast("cpu", torch.bfloat16), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch.inference_mode(), models.autocast("cpu", getattr(torch, dtype)), \
+            profile(activities=[ProfilerActivity.CPU]) as prof:
         logits = model(**inputs, logits_to_keep=1).logits
     return logits, [e.key for e in prof.key_averages()]
 
 
-def test_a_frozen_bf16_head_multiplies_once_not_per_example(tiny_models):
-    """The last-position slice reaches the head contiguous, so torch does one matmul instead of
-    expanding the frozen head's weight to the batch (aten::bmm); logits bit-identical."""
-    model = applied(tiny_models["decoder"], "decoder", "lora", models.place("cpu", "bfloat16", frozen_dtype="compute"))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_frozen_head_multiplies_once_not_per_example(tiny_models, dtype):
+    """The last-position slice reaches a frozen head contiguous, so torch does one matmul instead
+    of expanding the head's weight to the batch (aten::bmm); bf16 logits bit-identical, fp32
+    ones within float rounding."""
+    model = applied(tiny_models["decoder"], "decoder", "lora", models.place("cpu", dtype, frozen_dtype="compute"))
     model.eval()
     inputs = {"input_ids": torch.randint(0, model.get_input_embeddings().num_embeddings, (8, 12))}
-    hooked, ops = head_ops(model, inputs)
+    hooked, ops = head_ops(model, inputs, dtype)
     assert "aten::bmm" not in ops
     model.get_output_embeddings()._forward_pre_hooks.clear()
-    plain, plain_ops = head_ops(model, inputs)
+    plain, plain_ops = head_ops(model, inputs, dtype)
     assert "aten::bmm" in plain_ops  # what the hook avoids
-    assert torch.equal(hooked, plain)
-    fp32 = applied(tiny_models["decoder"], "decoder", "lora", models.place("cpu", "float32"))
-    assert not fp32.get_output_embeddings()._forward_pre_hooks  # the default path is left as it is
+    if dtype == "bfloat16":
+        assert torch.equal(hooked, plain)
+    else:
+        torch.testing.assert_close(hooked, plain, rtol=0, atol=1e-5)
+    trained = applied(tiny_models["decoder"], "decoder", "full", models.place("cpu", dtype, frozen_dtype="compute"))
+    assert not trained.get_output_embeddings()._forward_pre_hooks  # a trained head folds by itself
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "transfer"])
