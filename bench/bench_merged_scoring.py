@@ -50,6 +50,7 @@ def adapted(method_name: str, path, head: str, family: str, form, tokenizer):
     model = models.load_model(path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer,
                               **methods.load_kwargs(method, options, models.Placement("cpu", "float32")))
     model = method.apply(model, options, family, head)
+    models.cast_by_role(model, models.place("cpu", "float32"))  # as a run prepares it (a frozen head's input)
     torch.manual_seed(0)
     with torch.no_grad():
         for param_name, param in model.named_parameters():
