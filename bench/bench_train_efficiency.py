@@ -153,6 +153,7 @@ def load(path: str, variant: str, form_options: dict, training: dict):
     method, options = VARIANTS[variant]
     spec = methods.REGISTRY[method]
     model = spec.apply(model, spec.Options(**options).model_dump(), "decoder", "causal_lm")
+    models.cast_by_role(model, models.place("cpu", "float32"))  # as a run prepares it (a frozen head's input)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, form, weights, trainable
 
