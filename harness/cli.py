@@ -162,7 +162,7 @@ def cmd_sweep(args) -> int:
 
     loaded = matrix_mod.load(args.matrix)
     executor = _executor(args)
-    getattr(executor, "warm_up", lambda: None)()  # its preload overlaps the store's import and the checks
+    executor.warm_up()  # its preload overlaps the store's import and the checks
     _quiet_libraries()
     from harness.store import Store
     from harness.sweep import sweep

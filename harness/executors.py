@@ -214,8 +214,7 @@ class LocalExecutor:
         from multiprocessing.connection import wait
 
         ctx = mp.get_context(self.start_method)
-        if self.start_method == "forkserver":
-            ctx.set_forkserver_preload([PRELOAD])
+        self.warm_up()  # started already when the sweep began; the preload is set there
         queue, free = deque(specs), list(range(self.workers))
         active: dict[int, _Worker] = {}  # slot -> worker
         try:
@@ -376,6 +375,9 @@ class RayExecutor:
     def describe(self) -> str:
         where = f"Ray cluster at {self.gcs_address}" + (" (started here)" if self._started_here else "")
         return f"{where}, {self.cpus_per_run:g} CPUs and {self.gpus_per_run or 0:g} GPUs per run"
+
+    def warm_up(self) -> None:
+        """Nothing to start early: Ray starts its workers itself (LocalExecutor.warm_up)."""
 
     def open(self) -> None:
         if not self.address:

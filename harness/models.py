@@ -100,7 +100,8 @@ def cast_by_role(model, placement: Placement) -> None:
     `placement.frozen_dtype`, trainable ones in `placement.trainable_dtype` (float32 by default:
     what peft's autocast_adapter_dtype does for adapters, done here for every method, so full
     fine-tuning keeps float32 master weights and transfer's trained blocks stay float32).
-    Called after the method has decided what trains; quantized (integer) weights are left alone."""
+    Called after the method has decided what trains; quantized (integer) weights are left alone.
+    A frozen output head also gets a contiguous input (`_contiguous_head_input`)."""
     frozen, trainable = getattr(torch, placement.frozen_dtype), getattr(torch, placement.trainable_dtype)
     for param in model.parameters():
         target = trainable if param.requires_grad else frozen

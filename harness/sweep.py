@@ -95,7 +95,7 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
     passed `preflight`. As with any multiprocessing code, a script that calls this needs an
     `if __name__ == "__main__":` guard: worker processes import the script's main module."""
     executor = executor or LocalExecutor()
-    getattr(executor, "warm_up", lambda: None)()
+    executor.warm_up()
     forced = _forced(matrix, force)
     preflight(matrix)
     _warn_if_not_locked(echo)
