@@ -162,8 +162,9 @@ def cmd_sweep(args) -> int:
 
     loaded = matrix_mod.load(args.matrix)
     executor = _executor(args)
-    executor.warm_up()  # its preload overlaps the store's import and the checks
+    executor.warm_up()  # its preload overlaps the imports and the checks below
     _quiet_libraries()
+    from scipy import stats  # noqa: F401 - for the closing leaderboard: imported now, while a fork server preloads
     from harness.store import Store
     from harness.sweep import sweep
 

@@ -69,6 +69,23 @@ def test_assets_pull_force_rebuilds_an_entry_the_cache_trusts(fake_asset, capsys
     assert (entry / "train.csv").read_text() == "text,label\ngood,1\nbad,0\n"
 
 
+def test_a_worker_trusts_the_sweeps_hashes_until_a_file_changes(fake_asset, monkeypatch):
+    """The sweep hashes an entry once (catalog.verified) and its workers take that (catalog.trust):
+    they compare sizes and times, and hash again only a file that changed."""
+    entry = catalog.pull("fake")
+    checked_by_the_sweep = catalog.verified()
+    assert checked_by_the_sweep == {str(entry): fetch._file_stats(entry)}
+    fetch._verified.clear()  # the worker: a new process
+    hashed = []
+    real_sha256 = fetch.sha256_file
+    monkeypatch.setattr(fetch, "sha256_file", lambda path: hashed.append(path.name) or real_sha256(path))
+    catalog.trust(checked_by_the_sweep)
+    assert catalog.pull("fake") == entry and hashed == []
+    (entry / "train.csv").write_text("text,label\npoisoned,1\n")
+    assert (catalog.pull("fake") / "train.csv").read_text() == "text,label\ngood,1\nbad,0\n"
+    assert "train.csv" in hashed
+
+
 def test_tampered_cache_file_is_rejected_and_rebuilt(fake_asset):
     _, _, downloads = fake_asset
     entry = catalog.pull("fake")

@@ -15,7 +15,8 @@ sword.py (build steps). Only the standard library is imported here: ``harness --
 """
 from harness.catalog.entries import BIGBENCH_CANARY, CATALOG, Asset, AssetError, DebSource, PipSource, Source
 from harness.catalog.fetch import (CACHE_ENV, MANIFEST, archive_path, cache_dir, entry_dir, entry_is_valid,
-                                   extract_members, fetch_archive, pull, read_ar, status)
+                                   extract_members, fetch_archive, pull, read_ar, status, trust,
+                                   verified)
 from harness.catalog.refs import (HUB_PREFIX, check_ref, describe_ref, eval_only_reason, is_hub_ref, looks_like_path,
                                   resolve)
 
@@ -23,5 +24,5 @@ __all__ = [
     "BIGBENCH_CANARY", "CACHE_ENV", "CATALOG", "HUB_PREFIX", "MANIFEST", "Asset", "AssetError", "DebSource",
     "PipSource", "Source", "archive_path", "cache_dir", "check_ref", "describe_ref", "entry_dir", "entry_is_valid",
     "eval_only_reason", "extract_members", "fetch_archive", "is_hub_ref", "looks_like_path", "pull", "read_ar",
-    "resolve", "status",
+    "resolve", "status", "trust", "verified",
 ]

@@ -68,6 +68,18 @@ def pull(name: str, *, force: bool = False) -> Path:
     return target
 
 
+def verified() -> dict[str, dict[str, tuple[int, int]]]:
+    """The entries this process has hashed, with their files' sizes and times at that moment."""
+    return {str(entry): stats for entry, stats in _verified.items()}
+
+
+def trust(entries: dict[str, dict[str, tuple[int, int]]]) -> None:
+    """Take `verified()` from another process on this machine (the sweep's, in a worker): `pull`
+    still compares every file's size and time with them before it skips the hashes."""
+    _verified.update({Path(entry): {name: tuple(stat) for name, stat in stats.items()}
+                      for entry, stats in entries.items()})
+
+
 def _file_stats(entry: Path) -> dict[str, tuple[int, int]]:
     if not entry.exists():
         return {}
