@@ -124,13 +124,13 @@ def _run(spec: RunSpec, record: RunRecord, run_dir: Path, progress: bool, baseli
         _check_method_runs(spec, model, tokenizer, form, splits["train"], family, autocast)
     clock.lap(phases.APPLY)
 
-    def load_untrained():
+    def load_untrained():  # the frozen reference of preference tasks, base probe scores
         base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
         return base.to(placement.device)
 
     probe_context = partial(_probe_context, spec, record, method=method, model=model, tokenizer=tokenizer,
-                            family=family, head=head, form=form, placement=placement, model_path=model_path,
-                            before=before, baselines=dict(baselines), progress=progress)
+                            family=family, placement=placement, load_untrained=load_untrained, before=before,
+                            baselines=dict(baselines), progress=progress)
     checkpoints = _checkpoints(spec, record, task, form, model, splits["validation"], placement, autocast,
                                probe_context)
     _open_trackers(spec, run_dir)  # closed by `execute`, once the run's state is known
@@ -270,16 +270,12 @@ def _probe_fingerprint(spec: RunSpec, method, model, tokenizer):
     return probes.fingerprint(model, tokenizer)
 
 
-def _probe_context(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, head, form, placement,
-                   model_path, before, baselines: dict, progress: bool, guard: bool = True):
+def _probe_context(spec: RunSpec, record: RunRecord, *, method, model, tokenizer, family, placement, load_untrained,
+                   before, baselines: dict, progress: bool, guard: bool = True):
     """What the forgetting probes (harness/probes/) need to probe the in-memory model; the
     untrained base model is loaded only if a base score is missing from `baselines` (the
     sweep's, plus those a checkpoint of this run computed)."""
-    from harness import models, probes
-
-    def load_untrained():
-        base = models.load_model(model_path, head, num_labels=getattr(form, "num_labels", None), tokenizer=tokenizer)
-        return base.to(placement.device)
+    from harness import probes
 
     for row in record.probe_baselines:
         baselines[(row["model"], row["probe"], row["config_hash"])] = row
