@@ -159,10 +159,12 @@ def test_bench_train_efficiency_quick():
     step = {(m, who): number_after(line_with(out, f"  {m} {who}: "), who + ":")
             for m in ("full", "lora") for who in ("harness", "plain loop")}
     lora = line_with(out, "  lora: harness ")  # the summary: targets 4 and 5
-    assert number_after(lora, "/ full: harness") == pytest.approx(step["lora", "harness"] / step["full", "harness"],
-                                                                   rel=0.01, abs=1e-3)
-    assert number_after(lora, "harness step rate / plain") == pytest.approx(
-        step["lora", "plain loop"] / step["lora", "harness"], rel=0.01, abs=1e-3)
+
+    def ratio(a, b):  # of two step times printed to 4 decimals (a few ms on the tiny model): its rounding range
+        return pytest.approx(a / b, rel=0.5e-4 / a + 0.5e-4 / b + 1e-3, abs=1e-3)
+
+    assert number_after(lora, "/ full: harness") == ratio(step["lora", "harness"], step["full", "harness"])
+    assert number_after(lora, "harness step rate / plain") == ratio(step["lora", "plain loop"], step["lora", "harness"])
     assert "(target <= 0.75)" in lora and "(target >= 0.95)" in line_with(out, "  full: harness ")
 
 
