@@ -58,7 +58,7 @@ class Job:
     # ones finished runs computed, and each run gets the dict as it is when the run starts
     baselines: dict = dataclasses.field(default_factory=dict, compare=False)
     # catalog entries the sweep hashed, with their files' sizes and times (catalog.verified):
-    # a worker on this machine checks those instead of hashing the model again (0.2-1 s a run)
+    # a worker on this machine checks those instead of hashing the model again (0.36 s a SmolLM2 run)
     verified_assets: dict = dataclasses.field(default_factory=dict, compare=False)
 
     def run_dir(self, spec: RunSpec) -> Path:

@@ -424,14 +424,15 @@ class Store:
     def leaderboard(self, matrix: str, task: str) -> pd.DataFrame:
         """One row per model x method over the matrix's done runs of `task`, best first, then
         the cells without a done run (harness/leaderboard.py computes it from `run_metrics` and
-        `cell_states`)."""
-        long = self.run_metrics(matrix, task)
-        board = boards.build(long, task)
-        chosen = boards.chosen_run_ids(board, long)
-        items = self.item_outcomes(chosen, "test", texts=boards.intervals_need_texts(long))
-        board = boards.with_intervals(board, items, long, task)
-        board = boards.with_forgetting(board, self.probe_item_pairs(chosen), long)
-        return boards.with_cell_states(board, self.cell_states(matrix, task))
+        `cell_states`). Its queries share one connection: one state of the store, one open."""
+        with self.reading():
+            long = self.run_metrics(matrix, task)
+            board = boards.build(long, task)
+            chosen = boards.chosen_run_ids(board, long)
+            items = self.item_outcomes(chosen, "test", texts=boards.intervals_need_texts(long))
+            board = boards.with_intervals(board, items, long, task)
+            board = boards.with_forgetting(board, self.probe_item_pairs(chosen), long)
+            return boards.with_cell_states(board, self.cell_states(matrix, task))
 
     def tuning_budget(self, matrix: str, task: str) -> pd.DataFrame:
         """Expected best validation score after k of the tried learning rates (leaderboard.py)."""

@@ -105,6 +105,14 @@ def test_reading_holds_one_connection_for_a_block(store):
     assert store._held is None
 
 
+def test_a_leaderboard_reads_through_one_connection(store, monkeypatch):
+    opened = []
+    real_open = Store._open
+    monkeypatch.setattr(Store, "_open", lambda self, read_only: opened.append(read_only) or real_open(self, read_only))
+    board = store.leaderboard("mx", "sentiment")
+    assert opened == [True] and len(board) > 1
+
+
 HOLD_LOCK = ("import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
              "sys.stdin.readline(); c.close()")
 
