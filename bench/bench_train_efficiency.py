@@ -139,8 +139,9 @@ def setup(args, tmp: Path) -> tuple[str, dict]:
     return str(path), Options(dataset=str(data), group_column="movie", **sizes).model_dump()
 
 
-def load(path: str, variant: str, form_options: dict, training: dict):
-    """The model as a harness run gets it: loaded by harness.models, the variant's method applied."""
+def load(path: str, variant: str, form_options: dict, training: dict, prepared: bool = True):
+    """The model as a harness run gets it: loaded by harness.models, the variant's method applied,
+    prepared by role (`prepared=False` leaves that out: bench_step_items.py)."""
     from transformers import set_seed
 
     from harness import methods, models, tasks
@@ -153,7 +154,8 @@ def load(path: str, variant: str, form_options: dict, training: dict):
     method, options = VARIANTS[variant]
     spec = methods.REGISTRY[method]
     model = spec.apply(model, spec.Options(**options).model_dump(), "decoder", "causal_lm")
-    models.cast_by_role(model, models.place("cpu", "float32"))  # as a run prepares it (a frozen head's input)
+    if prepared:
+        models.cast_by_role(model, models.place("cpu", "float32"))  # as a run prepares it (a frozen head's input)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return model, form, weights, trainable
 

@@ -252,3 +252,17 @@ def test_bench_sweep_phases_quick():
     assert values["train"] > 0 and values["load"] > 0
     assert number_after(line_with(out, "  records:"), "records:") == 3
     assert positive(number_after(line_with(out, "  store s:"), "store s:"))
+
+
+def test_bench_step_items_quick():
+    """Target 5's items: each put back against the step as the harness runs it, same batches."""
+    out = run_quick("bench_step_items.py")
+    assert "model tiny-llama, fp32, batch 4, max_length 32" in out
+    for variant in ("full", "lora"):
+        assert positive(number_after(line_with(out, f"  {variant}: "), f"{variant}:"))
+    items = ["full, logits at every position", "full, for-loop AdamW", "full, foreach AdamW",
+             "lora, logits at every position", "lora, head input not made contiguous"]
+    for item in items:
+        line = line_with(out, f"  {item}: ")
+        assert positive(number_after(line, "put back / as the harness runs:"))
+        assert number_after(line, "largest loss difference") < 1e-4  # the items do not change the result
