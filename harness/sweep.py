@@ -121,7 +121,7 @@ def sweep(matrix: Matrix, store: Store, results_dir: Path, *, force: bool | str 
                     echo(f"sweep {sweep_id}: note: {note}")
                 known = probes.known_baselines(store, {spec.identity()["model"] for spec in todo if spec.probes})
                 job = Job(sweep=sweep_id, results_dir=str(results_dir), progress=progress, cwd=os.getcwd(),
-                          baselines=known, verified_assets=_verified_assets(todo, executor))
+                          baselines=known, verified_assets=_verified_assets(todo, executor, echo))
                 try:
                     _execute(todo, job, executor, keeper)
                 finally:
@@ -164,14 +164,16 @@ def _warn_if_not_locked(echo: Callable[[str], None]) -> None:
              f"(`pip install -r {provenance.LOCK_FILE.name} -e .` installs the tested set).")
 
 
-def _verified_assets(todo: list[RunSpec], executor) -> dict:
+def _verified_assets(todo: list[RunSpec], executor, echo: Callable[[str], None]) -> dict:
     """Hash the runs' catalog models here, once, so workers on this machine only compare file
     sizes and times (catalog.trust); with a local executor this runs while the fork server is
     still importing. A model that cannot be pulled is left to its runs, which fail with the reason."""
     if not executor.shares_files:
         return {}
     for model in dict.fromkeys(spec.model for spec in todo if spec.model in catalog.CATALOG):
-        with contextlib.suppress(catalog.AssetError):
+        if not catalog.entry_dir(model).exists():
+            echo(f"fetching {model} into the asset cache ({catalog.cache_dir()}): once, later sweeps reuse it")
+        with contextlib.suppress(Exception):  # the run pulls it again and records why it failed
             catalog.pull(model)
     return catalog.verified()
 

@@ -170,7 +170,7 @@ def test_an_in_process_sweep_freezes_the_imported_run_stack_out_of_the_gc(swept,
     assert gc.get_freeze_count() > 100_000
 
 
-def test_a_local_sweep_hashes_each_catalog_model_once_for_its_workers(monkeypatch):
+def test_a_local_sweep_hashes_each_catalog_model_once_for_its_workers(monkeypatch, tmp_path):
     from harness import catalog
     from harness import sweep as sweep_module
 
@@ -183,13 +183,17 @@ def test_a_local_sweep_hashes_each_catalog_model_once_for_its_workers(monkeypatc
 
     monkeypatch.setattr(catalog, "pull", pull)
     monkeypatch.setattr(catalog, "verified", lambda: {"/cache/assets/minilm-l6": {"model.safetensors": (1, 2)}})
+    monkeypatch.setattr(catalog, "entry_dir", lambda name: tmp_path / name)
+    (tmp_path / "minilm-l6").mkdir()  # cached already: only smollm2-135m is announced
     todo = [SimpleNamespace(model=m) for m in ("minilm-l6", "minilm-l6", "smollm2-135m", "/my/model", "hf:org/m")]
-    assert sweep_module._verified_assets(todo, executors.LocalExecutor()) == {
+    said = []
+    assert sweep_module._verified_assets(todo, executors.LocalExecutor(), said.append) == {
         "/cache/assets/minilm-l6": {"model.safetensors": (1, 2)}}
     assert pulled == ["minilm-l6", "smollm2-135m"]
+    assert len(said) == 1 and said[0].startswith("fetching smollm2-135m into the asset cache")
     pulled.clear()
-    assert sweep_module._verified_assets(todo, SimpleNamespace(shares_files=executors.RayExecutor.shares_files)) == {}
-    assert pulled == []
+    ray_like = SimpleNamespace(shares_files=executors.RayExecutor.shares_files)
+    assert sweep_module._verified_assets(todo, ray_like, said.append) == {} and pulled == []
 
 
 def test_a_worker_takes_the_sweeps_asset_checks(monkeypatch):
