@@ -1,8 +1,8 @@
 """Target 5's items one at a time (issue 19): work the harness's training step leaves out, put
 back one item at a time, each measured against the step as the harness runs it.
 
-A hand-written loop (bench_train_efficiency's: the same loss, gradient clipping at 1.0 and
-linear schedule) replays the batches the harness's own Trainer made for SmolLM2's sentiment
+bench_train_efficiency's hand-written loop (`plain_steps`: the same loss, gradient clipping at
+1.0 and linear schedule) replays the batches the harness's own Trainer made for SmolLM2's sentiment
 formulation (batch 8, uniformly shuffled, the default). Items:
 - logits at the last position only: the formulation's collator asks for `logits_to_keep: 1`, so
   the 49,152-wide vocabulary projection runs on one position per example. Put back: logits at
@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,34 +46,7 @@ CONFIGS = {
 }
 
 
-def timed_steps(model, batches: list[dict], lr: float, put_back: str | None) -> tuple[float, list[float]]:
-    """(seconds per timed step, every step's loss) of the plain loop with one item put back."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import get_linear_schedule_with_warmup
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    kind = {"loop_adamw": {"fused": False, "foreach": False}, "foreach_adamw": {"fused": False, "foreach": True}}
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **kind.get(put_back, {"fused": True}))
-    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(batches))
-    model.train()
-    losses = []
-    start = None
-    for index, batch in enumerate(batches):
-        if index == 1:
-            start = time.perf_counter()
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        if put_back == "all_logits":
-            inputs.pop("logits_to_keep")
-        logits = model(**inputs).logits[:, -1, :]
-        loss = F.cross_entropy(logits, batch["labels"], reduction="sum") / batch["labels"].numel()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    return (time.perf_counter() - start) / (len(batches) - 1), losses
+ADAMW = {"loop_adamw": {"fused": False, "foreach": False}, "foreach_adamw": {"fused": False, "foreach": True}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
                 variant, put_back = CONFIGS[name]
                 model, _, _, _ = efficiency.load(path, variant, options, training,
                                                  prepared=put_back != "strided_head")
-                seconds, run_losses = timed_steps(model, batches, efficiency.VARIANTS[variant][1]["lr"], put_back)
-                times[name].append(seconds)
+                timing, _, run_losses = efficiency.plain_steps(
+                    model, batches, efficiency.VARIANTS[variant][1]["lr"], "float32", args.warmup,
+                    adamw=ADAMW.get(put_back), all_logits=put_back == "all_logits")
+                times[name].append(timing["step"])
                 losses.setdefault(name, run_losses)
                 del model
                 gc.collect()

@@ -247,9 +247,12 @@ def harness_timing(marks: list[dict], warmup: int) -> dict:
 
 # --------------------------------------------------------------------------- (c) the plain loop
 
-def plain_steps(model, batches: list[dict], lr: float, dtype: str, warmup: int):
+def plain_steps(model, batches: list[dict], lr: float, dtype: str, warmup: int, *, adamw: dict | None = None,
+                all_logits: bool = False):
     """The same batches through a hand-written loop: (seconds per timed step and its phases,
-    the step function, for the profiler)."""
+    the step function, for the profiler; every step's loss). `adamw`: the optimizer's
+    implementation flags (default fused); `all_logits`: the vocabulary projection at every
+    position, the collator's `logits_to_keep` dropped (bench_step_items.py)."""
     import contextlib
 
     import torch
@@ -257,15 +260,16 @@ def plain_steps(model, batches: list[dict], lr: float, dtype: str, warmup: int):
     from transformers import get_linear_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, **(adamw or {"fused": True}))
     scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(batches))
+    losses: list[float] = []
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext())
     model.train()
     phases = {"forward+loss": 0.0, "backward": 0.0, "clip": 0.0, "optimizer+schedule+zero_grad": 0.0}
 
     def step(batch: dict, timed: bool) -> None:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k != "labels" and not (all_logits and k == "logits_to_keep")}
         t0 = time.perf_counter()
         with autocast:
             logits = model(**inputs).logits[:, -1, :].float()
@@ -280,6 +284,7 @@ def plain_steps(model, batches: list[dict], lr: float, dtype: str, warmup: int):
         optimizer.zero_grad(set_to_none=True)
         t4 = time.perf_counter()
         if timed:
+            losses.append(loss.item())
             for name, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 phases[name] += seconds
 
@@ -290,7 +295,7 @@ def plain_steps(model, batches: list[dict], lr: float, dtype: str, warmup: int):
         step(batch, timed=True)
     n = len(batches) - warmup
     timing = {"step": (time.perf_counter() - start) / n, **{k: v / n for k, v in phases.items()}}
-    return timing, step
+    return timing, step, losses
 
 
 def top_ops(step, batch: dict, count: int) -> list[tuple[str, float, float]]:
@@ -422,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in h.items() if k != "step"))
 
             model, _, _, _ = load(path, method, options, training)
-            p, step = plain_steps(model, batches, VARIANTS[method][1]["lr"], args.dtype, args.warmup)
+            p, step, _ = plain_steps(model, batches, VARIANTS[method][1]["lr"], args.dtype, args.warmup)
             steps[method] = (h["step"], p["step"])
             lines.append(f"  {method} plain loop: {p['step']:.4f} s/step, {fractions(flops, p['step'])}")
             lines.append("    split: " + ", ".join(f"{k} {v:.3f} s" for k, v in p.items() if k != "step"))
